@@ -1,0 +1,150 @@
+"""Self-describing checkpoints: safetensors weights with everything needed to use them in the metadata.
+
+`save(model, path, model_config=..., dataset=..., ...)` writes model.safetensors atomically; `load(path)`
+takes a run folder or a .safetensors file and rebuilds the model with no other flags or files.
+Metadata values are JSON strings under the keys of META_KEYS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import ModelConfig
+from .errors import DensaError
+from .models import build_model
+
+FORMAT = "densa.checkpoint.v1"
+META_KEYS = ("model", "dataset", "input", "train", "metrics", "versions")
+
+
+class CheckpointError(DensaError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    meta: dict  # the decoded metadata: one dict per key of META_KEYS
+    path: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.meta["model"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["dataset"]["classes"])
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]["name"]
+
+
+def dataset_meta(spec) -> dict:
+    return {
+        "name": spec.name,
+        "classes": list(spec.classes),
+        "mean": spec.mean,
+        "std": spec.std,
+        "preprocess": spec.preprocess,
+    }
+
+
+def build_meta(
+    model_config: ModelConfig, dataset: dict, train: dict | None = None, metrics: dict | None = None
+) -> dict:
+    return {
+        "model": model_config.to_dict(),
+        "dataset": dataset,
+        # what the model expects: uint8 pixels / 255, then (if set) the model normalises itself
+        "input": {"shape": [28, 28], "scale": 1 / 255, "normalize": model_config.normalize},
+        "train": train or {},
+        "metrics": metrics or {},
+        "versions": {"densa": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def save(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    """Write the weights and `meta` (see build_meta) to `path`, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, **{k: json.dumps(meta.get(k)) for k in META_KEYS}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve(path: str | os.PathLike, name: str = "model.safetensors") -> Path:
+    """A run folder -> its model.safetensors; a file -> itself; with clear errors for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist; pass a run folder written by `densa train` or its model.safetensors"
+        )
+    if path.is_dir():
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"{path} is not a densa run folder (no {name} in it); pass the folder `densa train` wrote"
+            )
+        return path / name
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The decoded metadata of a densa checkpoint, without loading weights."""
+    from safetensors import safe_open
+
+    file = resolve(path)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            raw = fh.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for garbage input
+        raise CheckpointError(
+            f"{file} is not a safetensors file ({e}); pass a model.safetensors written by densa"
+        ) from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file} is a safetensors file but not a densa checkpoint (no '{FORMAT}' metadata)"
+        )
+    try:
+        return {k: json.loads(raw[k]) for k in META_KEYS}
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{file}: densa metadata is damaged ({e}); retrain or restore the file"
+        ) from None
+
+
+def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
+    """Rebuild a trained model from a run folder or .safetensors file; the model is in eval mode."""
+    from safetensors.torch import load_file
+
+    file = resolve(path)
+    meta = read_meta(file)
+    model = build_model(ModelConfig.from_dict(meta["model"]))
+    try:
+        state = load_file(str(file), device=map_location)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{file}: weights do not match the model described in its metadata ({e})"
+        ) from None
+    model.eval()
+    return Checkpoint(model=model, meta=meta, path=file)

@@ -1,0 +1,271 @@
+"""The `densa` command: argparse subcommands over the package's functions.
+
+Defaults come from the config dataclasses, so `--help` always shows the real ones. Bad input ends in
+one line on stderr (`densa: error: ...`) and a non-zero exit, never a traceback. torch is imported
+only inside the commands that need it, which keeps `densa --help` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import DensaError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+# --------------------------------------------------------------------------- value parsers
+
+
+def _number(kind, test, what):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not test(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+
+
+def int_list(s: str) -> tuple[int, ...]:
+    """'512,256' -> (512, 256); 'none' or '' -> () (a linear classifier)."""
+    if s.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(p) for p in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths like 512,256, got {s!r}"
+        ) from None
+    if any(v < 1 for v in sizes):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {s!r}")
+    return sizes
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .config import ModelConfig, TrainConfig
+    from .train import run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = ModelConfig(hidden=args.hidden)
+    config = TrainConfig(
+        dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    print(f"densa {__version__} · torch {torch.__version__}")
+    run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    return 0
+
+
+def _load_run(args):
+    from .checkpoint import load
+    from .data import load_dataset
+
+    ckpt = load(args.run)
+    ds = load_dataset(ckpt.dataset, args.data_dir)
+    return ckpt, ds
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    ckpt, ds = _load_run(args)
+    r = evaluate(ckpt.model, ds.test_images, ds.test_labels)
+    if args.json:
+        print(json.dumps({"run": str(ckpt.path), "dataset": ds.name, "split": "test", **r}))
+    else:
+        print(f"run: {ckpt.path} ({ckpt.config.model}, {ds.name})")
+        print(f"test_loss: {r['loss']:.4f}")
+        print(f"test_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .evaluate import format_prediction, predict_proba
+
+    ckpt, ds = _load_run(args)
+    i, n = args.test_index, len(ds.test_images)
+    if not 0 <= i < n:
+        raise DensaError(
+            f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
+        )
+    probs = predict_proba(ckpt.model, ds.test_images[i : i + 1])[0]
+    label = int(ds.test_labels[i])
+    if args.json:
+        k = int(probs.argmax())
+        print(
+            json.dumps(
+                {
+                    "index": i,
+                    "predicted": k,
+                    "predicted_class": ds.classes[k],
+                    "probability": float(probs[k]),
+                    "label": label,
+                    "label_class": ds.classes[label],
+                    "probabilities": {c: float(p) for c, p in zip(ds.classes, probs)},
+                }
+            )
+        )
+    else:
+        print(format_prediction(probs, i, label, ds.classes))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import DATASETS, cache_dir, download, get_spec, load_file, locate, search_dirs
+
+    names = list(DATASETS) if args.dataset == "all" else [get_spec(args.dataset).name]
+    dirs = search_dirs(args.data_dir)
+    failed = 0
+    for name in names:
+        spec = DATASETS[name]
+        print(f"{name}: {len(spec.classes)} classes ({', '.join(spec.classes)})")
+        for key, f in spec.files.items():
+            found = locate(spec, f, dirs)
+            where = f"{found[0]}: {found[1]}" if found else "missing"
+            if args.action == "info":
+                memo = cache_dir() / name / f.name
+                extra = (
+                    f" (decompressed copy in {memo})"
+                    if found and found[1].suffix == ".gz" and memo.is_file()
+                    else ""
+                )
+                hint = f" (would download from {spec.mirrors[0]})" if not found else ""
+                print(f"  {f.name:<26} {where}{extra}{hint}")
+                continue
+            try:
+                if args.action == "download" and found is None:
+                    path = download(spec, f)
+                    where = f"downloaded: {path}"
+                load_file(spec, key, args.data_dir, allow_download=False)
+                print(f"  {f.name:<26} ok  {f.checksum[:19]}…  {where}")
+            except DensaError as e:
+                failed += 1
+                print(f"  {f.name:<26} FAILED  {e}")
+    if failed:
+        raise DensaError(
+            f"{failed} file(s) missing or bad (see above); `densa data download` fetches missing files"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def build_parser() -> Parser:
+    from .config import ModelConfig, TrainConfig
+
+    mdef, tdef = ModelConfig(), TrainConfig()
+    parser = Parser(
+        prog="densa", description="Train, understand and use dense neural networks on MNIST-family data."
+    )
+    parser.add_argument("--version", action="version", version=f"densa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def data_dir_arg(p):
+        p.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            help="folder holding <dataset>/ subfolders (else $DENSA_DATA_DIR, "
+            "the user cache, /usr/share/datasets, then download)",
+        )
+
+    p = sub.add_parser(
+        "train",
+        help="train a model and write a run folder",
+        formatter_class=HelpFormatter,
+        description="Train a network; with no flags, the seed tutorial's recipe (784-512-10 MLP, "
+        "Adam 1e-3, batch 128, 5 epochs).",
+    )
+    p.add_argument("--dataset", default=tdef.dataset, help="dataset name")
+    data_dir_arg(p)
+    p.add_argument("--epochs", type=positive_int, default=tdef.epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=tdef.batch_size, help="images per step")
+    p.add_argument("--lr", type=positive_float, default=tdef.lr, help="learning rate")
+    p.add_argument(
+        "--hidden",
+        type=int_list,
+        default=mdef.hidden,
+        metavar="W[,W...]",
+        help="hidden layer widths, e.g. 512,256 ('none' for a linear model)",
+    )
+    p.add_argument("--seed", type=nonneg_int, default=tdef.seed, help="seed for weight init and shuffling")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="test loss and accuracy of a trained model", formatter_class=HelpFormatter
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument(
+        "--test-index", type=nonneg_int, required=True, metavar="I", help="index into the test split"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter
+    )
+    p.add_argument("action", choices=["info", "verify", "download"])
+    p.add_argument("--dataset", default="mnist", help="dataset name, or 'all'")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except DensaError as e:
+        message = " ".join(str(e).split())  # always one line
+    except OSError as e:
+        message = f"{e.filename}: {e.strerror}" if e.filename else " ".join(str(e).split())
+    except KeyboardInterrupt:
+        message = "interrupted"
+        print(f"\ndensa: {message}", file=sys.stderr)
+        return 130
+    print(f"densa: error: {message}", file=sys.stderr)
+    return 1

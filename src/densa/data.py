@@ -1,0 +1,339 @@
+"""Datasets as rows of a table: where their files live, how they are fetched and verified, and the IDX reader.
+
+`load_dataset("mnist")` looks for each file in --data-dir / DENSA_DATA_DIR, the user cache
+(~/.cache/densa), the system dataset folders (/usr/share/datasets, where Debian's dataset packages
+install), and finally downloads it into the cache. Every file is checked against the checksum of its
+*decompressed* content; the result is uint8 images (N, 28, 28) and int64 labels as torch tensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DensaError
+
+SYSTEM_DIRS = (Path("/usr/share/datasets"),)
+DOWNLOAD_TIMEOUT = 30.0  # seconds without data before a mirror is given up
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+class DataError(DensaError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataFile:
+    name: str  # decompressed file name; mirrors serve name + ".gz"
+    size: int  # bytes, decompressed
+    checksum: str  # "sha256:<hex>" or "md5:<hex>" of the decompressed bytes
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    train_images: DataFile
+    train_labels: DataFile
+    test_images: DataFile
+    test_labels: DataFile
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+    classes: tuple[str, ...]
+    mean: float  # of the training pixels scaled to [0, 1]
+    std: float
+    preprocess: str  # how a person's image is turned into this dataset's 28x28 (see images.py)
+
+    @property
+    def files(self) -> dict[str, DataFile]:
+        return {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+        }
+
+
+def _idx_files(checksums: dict[str, str]) -> dict[str, DataFile]:
+    """The four canonical IDX files of a 60k/10k, 28x28 dataset, with their checksums."""
+    names = {
+        "train_images": ("train-images-idx3-ubyte", 16 + 60000 * 784),
+        "train_labels": ("train-labels-idx1-ubyte", 8 + 60000),
+        "test_images": ("t10k-images-idx3-ubyte", 16 + 10000 * 784),
+        "test_labels": ("t10k-labels-idx1-ubyte", 8 + 10000),
+    }
+    return {k: DataFile(name, size, checksums[k]) for k, (name, size) in names.items()}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        **_idx_files(
+            {
+                "train_images": "sha256:ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "train_labels": "sha256:65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                "test_images": "sha256:0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                "test_labels": "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            }
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        classes=tuple("0123456789"),
+        mean=0.1307,
+        std=0.3081,
+        preprocess="mnist",
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+
+
+# --------------------------------------------------------------------------- where files live
+
+
+def cache_dir() -> Path:
+    """densa's user cache: $XDG_CACHE_HOME/densa, else ~/.cache/densa."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "densa"
+
+
+def search_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """Folders holding <dataset>/ subfolders, in lookup order, each with a label for messages."""
+    dirs = []
+    explicit = data_dir if data_dir is not None else os.environ.get("DENSA_DATA_DIR") or None
+    if explicit is not None:
+        where = "--data-dir" if data_dir is not None else "DENSA_DATA_DIR"
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise DataError(f"{where} {path} is not a folder; point it at the folder that holds mnist/ etc.")
+        dirs.append((where, path))
+    dirs.append(("cache", cache_dir()))
+    dirs += [("system", d) for d in SYSTEM_DIRS]
+    return dirs
+
+
+def locate(spec: DatasetSpec, f: DataFile, dirs: list[tuple[str, Path]]) -> tuple[str, Path] | None:
+    """The first copy of `f` (decompressed or .gz) in `dirs`, as (label, path)."""
+    for label, d in dirs:
+        for candidate in (d / spec.name / f.name, d / spec.name / (f.name + ".gz")):
+            if candidate.is_file():
+                return label, candidate
+    return None
+
+
+# --------------------------------------------------------------------------- bytes in, verified
+
+
+def checksum_ok(data: bytes | bytearray | memoryview, checksum: str) -> bool:
+    algo, expected = checksum.split(":", 1)
+    return hashlib.new(algo, data).hexdigest() == expected
+
+
+def gunzip(path: Path) -> bytearray:
+    try:
+        with open(path, "rb") as fh:
+            return bytearray(gzip.decompress(fh.read()))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a complete gzip file ({e})") from None
+
+
+def write_atomic(path: Path, data: bytes | bytearray | str) -> None:
+    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fix_hint(spec: DatasetSpec, label: str) -> str:
+    if label == "cache":
+        return f"delete it and run `densa data download --dataset {spec.name}`"
+    return "replace it with a good copy (or remove it to let densa use the cache or download)"
+
+
+def read_file(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearray:
+    """The verified, decompressed bytes of `f` found at `path`.
+
+    A .gz is decompressed once; the verified result is kept in the user cache, where later loads
+    find it without unpacking again (the cache copy is itself re-verified each time: hashing is cheap).
+    """
+    memo = cache_dir() / spec.name / f.name
+    if path.suffix == ".gz":
+        if memo.is_file() and memo != path:
+            data = bytearray(memo.read_bytes())
+            if checksum_ok(data, f.checksum):
+                return data
+        data = gunzip(path)
+    else:
+        data = bytearray(path.read_bytes())
+    if not checksum_ok(data, f.checksum):
+        raise DataError(
+            f"{path}: checksum mismatch, this is not {spec.name}'s {f.name} "
+            f"({len(data):,} bytes decompressed, expected {f.size:,}); {_fix_hint(spec, label)}"
+        )
+    if path.suffix == ".gz":
+        try:
+            write_atomic(memo, data)
+        except OSError as e:  # a read-only or full cache only costs speed
+            print(f"densa: warning: could not cache {memo} ({e.strerror})", file=sys.stderr)
+    return data
+
+
+def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Fetch f.name + '.gz' from the first mirror that serves a verified copy; returns the cached file."""
+    from tqdm import tqdm
+
+    dest = cache_dir() / spec.name / f.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for mirror in spec.mirrors:
+        url = mirror.rstrip("/") + "/" + f.name + ".gz"
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                got = 0
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f.name + ".gz", leave=False) as bar:
+                    while chunk := r.read(1 << 16):
+                        out.write(chunk)
+                        got += len(chunk)
+                        bar.update(len(chunk))
+                if total is not None and got != total:
+                    raise DataError(f"connection closed after {got:,} of {total:,} bytes")
+            data = gunzip(Path(tmp))
+            if not checksum_ok(data, f.checksum):
+                raise DataError("checksum mismatch after decompressing")
+            write_atomic(dest, data)
+            return dest
+        except urllib.error.HTTPError as e:
+            failures.append(f"{url}: HTTP {e.code}")
+        except urllib.error.URLError as e:
+            failures.append(f"{url}: {e.reason}")
+        except (OSError, DataError) as e:
+            failures.append(f"{url}: {e}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise DataError(
+        f"{spec.name}: {f.name} is not on this machine and no mirror served a good copy "
+        f"({'; '.join(failures)}); without network, put the files in DIR/{spec.name}/ and pass "
+        f"--data-dir DIR or set DENSA_DATA_DIR=DIR"
+    )
+
+
+def read_idx(data: bytes | bytearray, source: str, magic: int):
+    """Parse an IDX file: big-endian magic (2051 images, 2049 labels), dimensions, then uint8 payload."""
+    import numpy as np
+
+    if len(data) < 8:
+        raise DataError(f"{source}: too short to be an IDX file ({len(data)} bytes)")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        kind = "images" if magic == IMAGE_MAGIC else "labels"
+        raise DataError(
+            f"{source}: wrong magic number {found} (IDX {kind} start with {magic}); not an IDX file"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{source}: header cut short ({len(data)} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    if ndim == 3 and dims[1:] != (28, 28):
+        raise DataError(f"{source}: images are {dims[1]}x{dims[2]}, densa expects 28x28")
+    expected = 1
+    for d in dims:
+        expected *= d
+    if len(data) - header != expected:
+        raise DataError(
+            f"{source}: payload is {len(data) - header:,} bytes but the header promises "
+            f"{' x '.join(map(str, dims))} = {expected:,}; the file is truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+# --------------------------------------------------------------------------- the public loader
+
+
+@dataclass
+class Dataset:
+    spec: DatasetSpec
+    train_images: object  # torch.uint8 (N, 28, 28)
+    train_labels: object  # torch.int64 (N,)
+    test_images: object
+    test_labels: object
+    sources: dict[str, str]  # file key -> where it was found
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    def split(self, split: str):
+        """(images, labels) of "train" or "test"."""
+        if split not in ("train", "test"):
+            raise DataError(f"unknown split {split!r}; choose train or test")
+        return getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+
+
+def load_file(
+    spec: DatasetSpec, key: str, data_dir=None, allow_download: bool = True
+) -> tuple[bytearray, str]:
+    """Verified bytes of one of the dataset's files, and a description of where they came from."""
+    f = spec.files[key]
+    found = locate(spec, f, search_dirs(data_dir))
+    if found is None:
+        if not allow_download:
+            raise DataError(
+                f"{spec.name}: {f.name} not found; run `densa data download --dataset {spec.name}`"
+            )
+        path = download(spec, f)
+        return read_file(spec, f, "cache", path), f"downloaded to {path}"
+    label, path = found
+    return read_file(spec, f, label, path), str(path)
+
+
+def load_dataset(
+    name: str = "mnist", data_dir: str | os.PathLike | None = None, allow_download: bool = True
+) -> Dataset:
+    """Load a dataset from the table as torch tensors: uint8 images (N, 28, 28), int64 labels."""
+    import torch
+
+    spec = get_spec(name)
+    arrays, sources = {}, {}
+    for key, f in spec.files.items():
+        data, sources[key] = load_file(spec, key, data_dir, allow_download)
+        magic = IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC
+        arrays[key] = read_idx(data, f"{sources[key]} ({f.name})", magic)
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"{spec.name}: {split} has {n_img} images but {n_lab} labels; mismatched files")
+    return Dataset(
+        spec=spec,
+        train_images=torch.from_numpy(arrays["train_images"]),
+        train_labels=torch.from_numpy(arrays["train_labels"].astype("int64")),
+        test_images=torch.from_numpy(arrays["test_images"]),
+        test_labels=torch.from_numpy(arrays["test_labels"].astype("int64")),
+        sources=sources,
+    )

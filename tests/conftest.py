@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated user cache for every test, synthetic datasets, the real data when present.
+
+Every test gets its own XDG_CACHE_HOME and no DENSA_DATA_DIR or system dataset folders, so nothing
+leaks between tests or from the machine. Tests marked `realdata` get the real files back; CI sets
+DENSA_REQUIRE_REAL_DATA=1 so that missing data fails them instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import write_dataset  # noqa: E402
+
+from densa import data  # noqa: E402
+
+REAL_DATA_DIR = os.environ.get("DENSA_DATA_DIR")
+REAL_SYSTEM_DIRS = data.SYSTEM_DIRS
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("DENSA_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "SYSTEM_DIRS", ())
+    return cache
+
+
+@pytest.fixture
+def synth(tmp_path, monkeypatch):
+    """A small learnable dataset named 'synth' in tmp_path/data (gzip'd), found through DENSA_DATA_DIR."""
+    root = tmp_path / "data"
+    spec = write_dataset(root, "synth")
+    monkeypatch.setitem(data.DATASETS, "synth", spec)
+    monkeypatch.setenv("DENSA_DATA_DIR", str(root))
+    return spec
+
+
+def _real(name: str, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_DIRS", REAL_SYSTEM_DIRS)
+    if REAL_DATA_DIR:
+        monkeypatch.setenv("DENSA_DATA_DIR", REAL_DATA_DIR)
+    spec = data.DATASETS[name]
+    if data.locate(spec, spec.train_images, data.search_dirs()) is None:
+        message = f"real {name} files not found (set DENSA_DATA_DIR to the folder holding {name}/)"
+        if os.environ.get("DENSA_REQUIRE_REAL_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("real-cache")
+
+
+@pytest.fixture
+def real_mnist(monkeypatch, real_cache):
+    """The real MNIST files; one shared cache so they are decompressed once per session."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
+    _real("mnist", monkeypatch)
+    return data.load_dataset("mnist")

@@ -1,0 +1,157 @@
+"""The downloader against a real HTTP server on 127.0.0.1 serving files these tests make."""
+
+import dataclasses
+import gzip
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from synthetic import FILE_NAMES, idx_bytes, make_images, spec_for
+
+from densa import data
+from densa.cli import main
+from densa.data import DataError, load_dataset
+
+
+class Server:
+    """Serves `routes[path] = (status, body, cut)`: `cut` closes the connection after that many bytes."""
+
+    def __init__(self):
+        self.routes: dict[str, tuple[int, bytes, int | None]] = {}
+        self.hits: list[str] = []
+        routes, hits = self.routes, self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                status, body, cut = routes.get(self.path, (404, b"<html>Not Found</html>", None))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body if cut is None else body[:cut])
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with Server() as s:
+        yield s
+
+
+@pytest.fixture
+def remote(monkeypatch, server):
+    """A dataset 'remote' that exists only on two mirrors of the local server."""
+    x, y = make_images(40, 0)
+    xt, yt = make_images(10, 1)
+    raw = {
+        "train_images": idx_bytes(x),
+        "train_labels": idx_bytes(y),
+        "test_images": idx_bytes(xt),
+        "test_labels": idx_bytes(yt),
+    }
+    spec = dataclasses.replace(spec_for("remote", raw), mirrors=(server.url + "/a/", server.url + "/b/"))
+    monkeypatch.setitem(data.DATASETS, "remote", spec)
+    gz = {FILE_NAMES[k]: gzip.compress(b) for k, b in raw.items()}
+    return spec, gz
+
+
+def serve_all(server, mirror, gz, **overrides):
+    for name, body in gz.items():
+        server.routes[f"/{mirror}/{name}.gz"] = overrides.get(name, (200, body, None))
+
+
+def leftovers(cache):
+    folder = cache / "densa" / "remote"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_good_download_then_offline(remote, server, isolated):
+    spec, gz = remote
+    serve_all(server, "a", gz)
+    ds = load_dataset("remote")
+    assert len(ds.train_images) == 40 and ds.test_labels.tolist() == make_images(10, 1)[1].tolist()
+    assert leftovers(isolated) == sorted(FILE_NAMES.values())  # decompressed, verified, no temp files
+    hits = len(server.hits)
+    load_dataset("remote")  # now served from the cache
+    assert len(server.hits) == hits
+
+
+def test_first_mirror_404_uses_second(remote, server, isolated):
+    spec, gz = remote
+    serve_all(server, "b", gz)
+    load_dataset("remote")
+    assert any(h.startswith("/a/") for h in server.hits) and any(h.startswith("/b/") for h in server.hits)
+    assert leftovers(isolated) == sorted(FILE_NAMES.values())
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (lambda body: (200, body, len(body) // 2), "closed after"),  # cut short
+        (lambda body: (200, b"<html><body>Access Denied</body></html>", None), "not a complete gzip file"),
+        (lambda body: (200, gzip.compress(idx_bytes(make_images(40, 7)[0])), None), "checksum mismatch"),
+        (lambda body: (500, b"oops", None), "HTTP 500"),
+    ],
+    ids=["cut-short", "html-as-gz", "wrong-checksum", "server-error"],
+)
+def test_bad_first_mirror_falls_back(remote, server, isolated, bad, reason):
+    spec, gz = remote
+    name = FILE_NAMES["train_images"]
+    serve_all(server, "a", gz, **{name: bad(gz[name])})
+    serve_all(server, "b", gz)
+    load_dataset("remote")
+    assert f"/b/{name}.gz" in server.hits
+    assert leftovers(isolated) == sorted(FILE_NAMES.values())
+
+    # with no good mirror the error names each failure, and nothing is left in the cache
+    (isolated / "densa" / "remote" / name).unlink()
+    server.routes.pop(f"/b/{name}.gz")
+    with pytest.raises(DataError, match=reason) as err:
+        load_dataset("remote")
+    assert "HTTP 404" in str(err.value) and "--data-dir" in str(err.value)
+    assert name not in leftovers(isolated)
+    assert not [n for n in leftovers(isolated) if n.startswith(".")]
+
+
+def test_no_network_cli_error(monkeypatch, capsys, isolated):
+    # a port nobody listens on: connection refused, as on a machine without network
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = closed.server_address[1]
+    closed.server_close()
+    spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=(f"http://127.0.0.1:{port}/",))
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    assert main(["train", "--epochs", "1", "--out", str(isolated / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(
+        "densa: error: mnist: train-images-idx3-ubyte is not on this machine"
+    )
+    assert "DENSA_DATA_DIR" in err
+    assert not (isolated / "run").exists()
+    assert leftovers(isolated) == []
+
+
+def test_data_download_command(remote, server, isolated, capsys):
+    spec, gz = remote
+    serve_all(server, "a", gz)
+    assert main(["data", "info", "--dataset", "remote"]) == 0
+    assert capsys.readouterr().out.count("missing") == 4
+    assert main(["data", "download", "--dataset", "remote"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok ") == 4 and "downloaded" in out
+    assert main(["data", "verify", "--dataset", "remote"]) == 0
+    assert capsys.readouterr().out.count(" ok ") == 4
