@@ -129,6 +129,20 @@ def test_metadata_and_dynamic_batch(small):
     assert p.predict_proba(np.zeros((0, 28, 28), np.float32)).shape == (0, 10)
 
 
+def test_wrong_class_count_writes_nothing(tmp_path):
+    model = densa.MLP([784, 16, 5])
+    with pytest.raises(densa.DensaError, match=r"gives \(1, 5\) outputs .* lists 10 classes"):
+        export_onnx(model, tmp_path / "m.onnx", mnist_meta())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_help_imports_no_onnx_packages():
+    code = "import sys, densa, densa.cli; densa.cli.build_parser(); densa.OnnxPredictor; "
+    code += "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]", r.stderr
+
+
 def test_predictor_rejects_bad_arrays(small):
     p = OnnxPredictor(small[0])
     with pytest.raises(densa.DensaError, match=r"shape \(N, 28, 28\), got \(3, 784\)"):

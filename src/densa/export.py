@@ -94,9 +94,61 @@ def _weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def _to_onnx(model, sample):
+    """torch's exporter on `model` + softmax: input "images" with a dynamic batch, outputs OUTPUTS."""
+    import torch
+
+    class WithProbabilities(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            logits = self.net(images)
+            return torch.softmax(logits, dim=1), logits
+
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                WithProbabilities(model).eval(),
+                (sample,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=OPSET,
+                verbose=False,
+            )
+    except torch.onnx.errors.OnnxExporterError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxError(f"torch could not export this model to ONNX: {first}") from None
+    return program.model_proto
+
+
+def _max_difference(model, proto, n_classes: int, g) -> float:
+    """The check that makes an export worth having: onnxruntime vs torch on the same images."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for n in CHECK_BATCHES:
+        x = torch.rand(n, 28, 28, generator=g)
+        with torch.no_grad():
+            want = torch.softmax(model(x), dim=1).numpy()
+        got = session.run([OUTPUTS[0]], {INPUT: x.numpy()})[0]
+        if want.shape != (n, n_classes) or got.shape != want.shape:
+            raise OnnxError(
+                f"the model gives {tuple(want.shape)} outputs for {n} images but its metadata lists "
+                f"{n_classes} classes; export a model whose last layer has one output per class"
+            )
+        diff = max(diff, float(np.abs(got - want).max()))
+    return diff
+
+
 def export_onnx(
     model, out: str | os.PathLike, meta: dict, *, force: bool = False, source: dict | None = None
-):
+) -> dict:
     """Export `model` to `out` with a dynamic batch dimension, verified by onnxruntime; returns a summary.
 
     `model` is any nn.Module mapping float32 (N, 28, 28) in [0, 1] to logits (N, classes); it is exported
@@ -106,99 +158,55 @@ def export_onnx(
     """
     out = check_out(out, force)
     torch, onnx, onnxscript, ort = _require("torch", "onnx", "onnxscript", "onnxruntime")
-    import torch.nn.functional as F
-
     classes = [str(c) for c in meta["dataset"]["classes"]]
-
-    class WithProbabilities(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images):
-            logits = self.net(images)
-            return F.softmax(logits, dim=1), logits
-
+    g = torch.Generator().manual_seed(0)
     was_training = model.training
     model.eval()
-    wrapper = WithProbabilities(model).eval()
-    g = torch.Generator().manual_seed(0)
     try:
         t0 = time.perf_counter()
-        try:
-            with torch.no_grad(), _quiet_exporter():
-                program = torch.onnx.export(
-                    wrapper,
-                    (torch.rand(2, 28, 28, generator=g),),
-                    dynamo=True,
-                    input_names=[INPUT],
-                    output_names=list(OUTPUTS),
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    opset_version=OPSET,
-                    verbose=False,
-                )
-        except torch.onnx.errors.OnnxExporterError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OnnxError(f"torch could not export this model to ONNX: {first}") from None
-        proto = program.model_proto
+        proto = _to_onnx(model, torch.rand(2, 28, 28, generator=g))
         seconds = time.perf_counter() - t0
-
-        # The check that makes the export worth having: same images, same probabilities.
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        diff = 0.0
-        for n in CHECK_BATCHES:
-            x = torch.rand(n, 28, 28, generator=g)
-            with torch.no_grad():
-                want = F.softmax(model(x), dim=1).numpy()
-            got = session.run([OUTPUTS[0]], {INPUT: x.numpy()})[0]
-            if want.shape != (n, len(classes)) or got.shape != want.shape:
-                raise OnnxError(
-                    f"the model gives {tuple(want.shape)} outputs for {n} images but its metadata lists "
-                    f"{len(classes)} classes; export a model whose last layer has one output per class"
-                )
-            diff = max(diff, float(np.abs(got - want).max()))
-        if not diff <= TOLERANCE:
-            raise OnnxError(
-                f"onnxruntime's probabilities differ from torch's by {diff:.2e} (> {TOLERANCE:g}); "
-                f"not writing {out}: this model uses an operation the exporter does not translate faithfully"
-            )
+        diff = _max_difference(model, proto, len(classes), g)
     finally:
         model.train(was_training)
+    if not diff <= TOLERANCE:
+        raise OnnxError(
+            f"onnxruntime's probabilities differ from torch's by {diff:.2e} (> {TOLERANCE:g}); not writing "
+            f"{out}: this model uses an operation the exporter does not translate faithfully"
+        )
 
-    digest = (source or {}).get("sha256") or _weights_digest(model)
-    model_name = meta.get("model", {}).get("model", type(model).__name__.lower())
-    dataset = meta["dataset"].get("name", "unknown")
-    full = {
-        **{k: meta.get(k) or {} for k in META_KEYS},
-        "input": {
-            **(meta.get("input") or {}),
-            "name": INPUT,
-            "shape": ["batch", 28, 28],
-            "dtype": "float32",
-            "range": [0, 1],
+    export = {
+        "format": FORMAT,
+        "opset": OPSET,
+        "outputs": list(OUTPUTS),
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "source": source,
+        "seconds": round(seconds, 3),
+        "versions": {
+            "densa": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
         },
-        "export": {
-            "format": FORMAT,
-            "opset": OPSET,
-            "outputs": list(OUTPUTS),
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "source": source,
-            "seconds": round(seconds, 3),
-            "versions": {
-                "densa": __version__,
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxscript": onnxscript.__version__,
-            },
-            "verified": {
-                "onnxruntime": ort.__version__,
-                "max_abs_diff": diff,
-                "batch_sizes": list(CHECK_BATCHES),
-                "inputs": "uniform random in [0, 1], seed 0",
-            },
+        "verified": {
+            "onnxruntime": ort.__version__,
+            "max_abs_diff": diff,
+            "batch_sizes": list(CHECK_BATCHES),
         },
     }
-    props = {
+    digest = (source or {}).get("sha256") or _weights_digest(model)
+    model_name = (meta.get("model") or {}).get("model", type(model).__name__.lower())
+    dataset = meta["dataset"].get("name", "unknown")
+    full = {k: meta.get(k) or {} for k in META_KEYS}
+    full["input"] = {
+        **full["input"],
+        "name": INPUT,
+        "shape": ["batch", 28, 28],
+        "dtype": "float32",
+        "range": [0, 1],
+    }
+    full["export"] = export
+    props = {  # flat keys that any runtime can read, then the run's metadata as JSON
         "densa.format": FORMAT,
         "densa.version": __version__,
         "densa.classes": json.dumps(classes),
