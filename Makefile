@@ -32,6 +32,7 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_onnx.py
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)

@@ -30,6 +30,8 @@ _EXPORTS = {
     "Checkpoint": "checkpoint",
     "save": "checkpoint",
     "load": "checkpoint",
+    "OnnxPredictor": "export",
+    "export_onnx": "export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -92,30 +92,57 @@ def _load_run(args):
     return ckpt, ds
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+def _load_onnx(args):
+    """An exported .onnx file and its dataset; inference runs in onnxruntime (torch only loads the data)."""
+    from .data import load_dataset
+    from .export import OnnxPredictor
 
-    ckpt, ds = _load_run(args)
-    r = evaluate(ckpt.model, ds.test_images, ds.test_labels)
-    if args.json:
-        print(json.dumps({"run": str(ckpt.path), "dataset": ds.name, "split": "test", **r}))
+    predictor = OnnxPredictor(args.run)
+    ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
+    return predictor, ds
+
+
+def cmd_evaluate(args) -> int:
+    from .export import is_onnx
+
+    if is_onnx(args.run):
+        from .export import evaluate_onnx
+
+        predictor, ds = _load_onnx(args)
+        r = evaluate_onnx(predictor, ds.test_images.numpy(), ds.test_labels.numpy())
+        path, model = predictor.path, f"{predictor.meta['model'].get('model', 'model')} via onnxruntime"
     else:
-        print(f"run: {ckpt.path} ({ckpt.config.model}, {ds.name})")
+        from .evaluate import evaluate
+
+        ckpt, ds = _load_run(args)
+        r = evaluate(ckpt.model, ds.test_images, ds.test_labels)
+        path, model = ckpt.path, ckpt.config.model
+    if args.json:
+        print(json.dumps({"run": str(path), "dataset": ds.name, "split": "test", **r}))
+    else:
+        print(f"run: {path} ({model}, {ds.name})")
         print(f"test_loss: {r['loss']:.4f}")
         print(f"test_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .evaluate import format_prediction, predict_proba
+    import torch
 
-    ckpt, ds = _load_run(args)
+    from .evaluate import format_prediction, predict_proba
+    from .export import is_onnx
+
+    onnx = is_onnx(args.run)
+    loaded, ds = _load_onnx(args) if onnx else _load_run(args)
     i, n = args.test_index, len(ds.test_images)
     if not 0 <= i < n:
         raise DensaError(
             f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
         )
-    probs = predict_proba(ckpt.model, ds.test_images[i : i + 1])[0]
+    x = ds.test_images[i : i + 1]
+    probs = (
+        torch.from_numpy(loaded.predict_proba(x.numpy()))[0] if onnx else predict_proba(loaded.model, x)[0]
+    )
     label = int(ds.test_labels[i])
     if args.json:
         k = int(probs.argmax())
@@ -134,6 +161,25 @@ def cmd_predict(args) -> int:
         )
     else:
         print(format_prediction(probs, i, label, ds.classes))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import INPUT, OUTPUTS, TOLERANCE, export_run
+
+    r = export_run(args.run, args.onnx, force=args.force)
+    print(
+        f"exported {r['source']} -> {r['path']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, "
+        f"{r['seconds']:.1f}s)"
+    )
+    print(
+        f"verified: onnxruntime matches torch within {r['max_abs_diff']:.1e} (max abs difference of "
+        f"probabilities; allowed {TOLERANCE:g})"
+    )
+    print(
+        f"input {INPUT!r}: float32 (batch, 28, 28) in [0, 1]; outputs {', '.join(map(repr, OUTPUTS))}: "
+        "(batch, classes)"
+    )
     return 0
 
 
@@ -225,7 +271,7 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "evaluate", help="test loss and accuracy of a trained model", formatter_class=HelpFormatter
     )
-    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON")
     data_dir_arg(p)
     p.set_defaults(func=cmd_evaluate)
@@ -233,13 +279,26 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter
     )
-    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
     p.add_argument(
         "--test-index", type=nonneg_int, required=True, metavar="I", help="index into the test split"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     data_dir_arg(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX, checked against torch",
+        formatter_class=HelpFormatter,
+        description="Write the model of RUN as an ONNX file (dynamic batch size; input float32 "
+        "(batch, 28, 28) in [0, 1]; outputs probabilities and logits), after checking that onnxruntime "
+        "gives torch's probabilities. Needs the onnx extra: pip install 'densa[onnx]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX file to write")
+    p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter

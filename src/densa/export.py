@@ -1,0 +1,353 @@
+"""ONNX export, checked against torch, and the onnxruntime predictor that runs the file without torch.
+
+`export_run(RUN, "model.onnx")` (what `densa export RUN --onnx model.onnx` calls) loads a run and hands
+its model to `export_onnx(model, out, meta)`, which works for any nn.Module: torch's exporter writes the
+graph, onnxruntime must then match torch before the file is written, and the classes, preprocessing
+rule and provenance travel in the file's metadata. `OnnxPredictor(path)` needs onnxruntime and numpy
+only: this module imports torch inside the export functions and nowhere else.
+
+The file's contract: input "images", float32 (batch, 28, 28), pixels scaled to [0, 1] (uint8 / 255);
+outputs "probabilities" (softmax, columns in class order) and "logits", both (batch, classes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import DensaError
+
+FORMAT = "densa.onnx.v1"
+OPSET = 20  # ai.onnx opset; torch 2.13's own default, so its exporter needs no version conversion
+INPUT = "images"
+OUTPUTS = ("probabilities", "logits")  # the first is what a plain `session.run(None, ...)[0]` returns
+TOLERANCE = 1e-5  # largest |onnxruntime - torch| difference of probabilities accepted at export
+CHECK_BATCHES = (1, 7)  # batch sizes compared at export time (the batch dimension is dynamic)
+META_KEYS = ("model", "dataset", "input", "train", "metrics", "versions", "export")
+INSTALL = "pip install 'densa[onnx]'"
+
+
+class OnnxError(DensaError):
+    pass
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    """densa tells an ONNX file from a run folder or .safetensors file by its suffix."""
+    return str(path).lower().endswith(".onnx")
+
+
+def _require(*names: str) -> list:
+    import importlib
+
+    try:
+        return [importlib.import_module(n) for n in names]
+    except ImportError as e:
+        raise OnnxError(f"ONNX support needs the onnx extra ({e.name} is not installed): {INSTALL}") from None
+
+
+def check_out(out: str | os.PathLike, force: bool = False) -> Path:
+    """The path to export to, refused before any slow work if it is unusable or taken."""
+    out = Path(out)
+    if not is_onnx(out):
+        raise OnnxError(
+            f"{out}: the exported file's name must end in .onnx (densa recognises ONNX files by it)"
+        )
+    if out.is_dir():
+        raise OnnxError(f"{out} is a folder; pass a file name ending in .onnx")
+    if out.exists() and not force:
+        raise OnnxError(f"{out} already exists; pass --force to replace it")
+    return out
+
+
+# --------------------------------------------------------------------------- export (torch)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Hide the exporter's progress chatter (torchvision ops it skips, deprecations inside torch)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _to_onnx(model, sample):
+    """torch's exporter on `model` + softmax: input "images" with a dynamic batch, outputs OUTPUTS."""
+    import torch
+
+    class WithProbabilities(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            logits = self.net(images)
+            return torch.softmax(logits, dim=1), logits
+
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                WithProbabilities(model).eval(),
+                (sample,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=OPSET,
+                verbose=False,
+            )
+    except torch.onnx.errors.OnnxExporterError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxError(f"torch could not export this model to ONNX: {first}") from None
+    return program.model_proto
+
+
+def _max_difference(model, proto, n_classes: int, g) -> float:
+    """The check that makes an export worth having: onnxruntime vs torch on the same images."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for n in CHECK_BATCHES:
+        x = torch.rand(n, 28, 28, generator=g)
+        with torch.no_grad():
+            want = torch.softmax(model(x), dim=1).numpy()
+        got = session.run([OUTPUTS[0]], {INPUT: x.numpy()})[0]
+        if want.shape != (n, n_classes) or got.shape != want.shape:
+            raise OnnxError(
+                f"the model gives {tuple(want.shape)} outputs for {n} images but its metadata lists "
+                f"{n_classes} classes; export a model whose last layer has one output per class"
+            )
+        diff = max(diff, float(np.abs(got - want).max()))
+    return diff
+
+
+def export_onnx(
+    model, out: str | os.PathLike, meta: dict, *, force: bool = False, source: dict | None = None
+) -> dict:
+    """Export `model` to `out` with a dynamic batch dimension, verified by onnxruntime; returns a summary.
+
+    `model` is any nn.Module mapping float32 (N, 28, 28) in [0, 1] to logits (N, classes); it is exported
+    in eval mode (its mode is restored afterwards). `meta` is checkpoint metadata (checkpoint.build_meta):
+    meta["dataset"] must hold "classes" and "preprocess". `source` ({"file", "sha256"}) names the
+    checkpoint it came from. Nothing is written unless onnxruntime matches torch within TOLERANCE.
+    """
+    out = check_out(out, force)
+    torch, onnx, onnxscript, ort = _require("torch", "onnx", "onnxscript", "onnxruntime")
+    classes = [str(c) for c in meta["dataset"]["classes"]]
+    g = torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    try:
+        t0 = time.perf_counter()
+        proto = _to_onnx(model, torch.rand(2, 28, 28, generator=g))
+        seconds = time.perf_counter() - t0
+        diff = _max_difference(model, proto, len(classes), g)
+    finally:
+        model.train(was_training)
+    if not diff <= TOLERANCE:
+        raise OnnxError(
+            f"onnxruntime's probabilities differ from torch's by {diff:.2e} (> {TOLERANCE:g}); not writing "
+            f"{out}: this model uses an operation the exporter does not translate faithfully"
+        )
+
+    export = {
+        "format": FORMAT,
+        "opset": OPSET,
+        "outputs": list(OUTPUTS),
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "source": source,
+        "seconds": round(seconds, 3),
+        "versions": {
+            "densa": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
+        },
+        "verified": {
+            "onnxruntime": ort.__version__,
+            "max_abs_diff": diff,
+            "batch_sizes": list(CHECK_BATCHES),
+        },
+    }
+    digest = (source or {}).get("sha256") or _weights_digest(model)
+    model_name = (meta.get("model") or {}).get("model", type(model).__name__.lower())
+    dataset = meta["dataset"].get("name", "unknown")
+    full = {k: meta.get(k) or {} for k in META_KEYS}
+    full["input"] = {
+        **full["input"],
+        "name": INPUT,
+        "shape": ["batch", 28, 28],
+        "dtype": "float32",
+        "range": [0, 1],
+    }
+    full["export"] = export
+    props = {  # flat keys that any runtime can read, then the run's metadata as JSON
+        "densa.format": FORMAT,
+        "densa.version": __version__,
+        "densa.classes": json.dumps(classes),
+        "densa.preprocess": str(meta["dataset"].get("preprocess", "")),
+        "densa.model_id": f"{dataset}-{model_name}-{digest[:12]}",
+        **{f"densa.{k}": json.dumps(v) for k, v in full.items()},
+    }
+    onnx.helper.set_model_props(proto, props)
+    proto.doc_string = (
+        f"densa {model_name} trained on {dataset}: {INPUT} float32 (batch, 28, 28) in [0, 1] -> "
+        f"{' and '.join(OUTPUTS)} (batch, {len(classes)}); classes {', '.join(classes)}"
+    )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise OnnxError(f"the exported graph fails onnx's checker: {str(e).splitlines()[0]}") from None
+
+    from .data import write_atomic
+
+    data = proto.SerializeToString()
+    write_atomic(out, data)
+    return {"path": out, "bytes": len(data), "seconds": seconds, "opset": OPSET, "max_abs_diff": diff}
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> dict:
+    """Export a run folder or .safetensors checkpoint to `out` (see export_onnx)."""
+    from .checkpoint import load
+
+    out = check_out(out, force)
+    _require("onnx", "onnxscript", "onnxruntime")
+    ckpt = load(run)
+    source = {"file": str(ckpt.path), "sha256": hashlib.sha256(ckpt.path.read_bytes()).hexdigest()}
+    summary = export_onnx(ckpt.model, out, ckpt.meta, force=force, source=source)
+    return {**summary, "source": ckpt.path}
+
+
+# --------------------------------------------------------------------------- inference (no torch)
+
+
+def as_images(images) -> np.ndarray:
+    """uint8 pixels -> float32 / 255; floats must already be in [0, 1]. Shape (N, 28, 28)."""
+    x = np.asarray(images)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise OnnxError(f"images must have shape (N, 28, 28), got {x.shape}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise OnnxError(f"images must be uint8 pixels or floats in [0, 1], got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.size and not (x.min() >= 0 and x.max() <= 1):
+        raise OnnxError(
+            f"image values must lie in [0, 1] (pixels / 255), got {x.min():g} to {x.max():g}; "
+            "pass uint8 pixels or divide by 255"
+        )
+    return x
+
+
+class OnnxPredictor:
+    """A file written by `densa export`, run by onnxruntime: predict_proba(images) -> (N, classes).
+
+    .classes (names, in column order), .preprocess (how a person's image becomes the 28x28 input),
+    .model_id ("<dataset>-<model>-<12 hex of the source checkpoint's sha256>"), .meta (the run's
+    metadata plus "export"). `threads` sets onnxruntime's intra-op threads (None: its default).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        (ort,) = _require("onnxruntime")
+        from onnxruntime.capi.onnxruntime_pybind11_state import (
+            Fail,
+            InvalidArgument,
+            InvalidGraph,
+            InvalidProtobuf,
+            NoSuchFile,
+            NotImplemented,
+        )
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            what = "is a folder" if self.path.is_dir() else "does not exist"
+            raise OnnxError(
+                f"{self.path} {what}; pass a .onnx file written by `densa export RUN --onnx OUT.onnx`"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except (InvalidProtobuf, InvalidArgument, InvalidGraph, Fail, NoSuchFile, NotImplemented) as e:
+            reason = " ".join(str(e).rsplit("failed:", 1)[-1].split())
+            raise OnnxError(
+                f"{self.path} is not a readable ONNX model ({reason}); the file is truncated or not ONNX: "
+                f"export it again with `densa export RUN --onnx {self.path} --force`"
+            ) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if props.get("densa.format") != FORMAT:
+            raise OnnxError(
+                f"{self.path} is an ONNX model but not a densa export (no '{FORMAT}' metadata); "
+                "write one with `densa export RUN --onnx OUT.onnx`"
+            )
+        try:
+            self.meta = {k: json.loads(props[f"densa.{k}"]) for k in META_KEYS}
+            self.classes = [str(c) for c in json.loads(props["densa.classes"])]
+            self.preprocess = props["densa.preprocess"]
+            self.model_id = props["densa.model_id"]
+        except (KeyError, json.JSONDecodeError) as e:
+            raise OnnxError(f"{self.path}: densa metadata is damaged ({e}); export it again") from None
+        names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
+        if names != ([INPUT], list(OUTPUTS)):
+            raise OnnxError(
+                f"{self.path}: expected input {INPUT!r} and outputs {list(OUTPUTS)}, found {names[0]} and "
+                f"{names[1]}; export it again"
+            )
+
+    def _run(self, images, output: str) -> np.ndarray:
+        x = as_images(images)
+        if len(x) == 0:
+            return np.empty((0, len(self.classes)), dtype=np.float32)
+        return self.session.run([output], {INPUT: x})[0]
+
+    def predict_proba(self, images) -> np.ndarray:
+        """(N, classes) float32 probabilities for uint8 or [0, 1] float images (N, 28, 28)."""
+        return self._run(images, "probabilities")
+
+    def logits(self, images) -> np.ndarray:
+        return self._run(images, "logits")
+
+    def predict(self, images) -> np.ndarray:
+        """(N,) predicted class indices."""
+        return self.logits(images).argmax(axis=1)
+
+
+def evaluate_onnx(predictor: OnnxPredictor, images, labels, batch_size: int = 2000) -> dict:
+    """Mean cross-entropy and accuracy over every image, as densa.evaluate returns them."""
+    labels = np.asarray(labels).astype(np.int64)
+    n, loss_sum, correct = len(labels), 0.0, 0
+    for i in range(0, n, batch_size):
+        z = predictor.logits(images[i : i + batch_size]).astype(np.float64)
+        y = labels[i : i + batch_size]
+        top = z.max(axis=1)
+        log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=1))  # log-sum-exp, stable
+        loss_sum += float((log_norm - z[np.arange(len(y)), y]).sum())
+        correct += int((z.argmax(axis=1) == y).sum())
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "correct": correct, "n": n}
