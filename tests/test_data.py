@@ -187,3 +187,13 @@ def test_real_mnist_known_facts(real_mnist):
     x = ds.train_images.double() / 255
     assert round(x.mean().item(), 4) == ds.spec.mean == 0.1307
     assert round(x.std().item(), 4) == ds.spec.std == 0.3081
+
+
+def test_write_atomic_leaves_a_normal_file_or_nothing(tmp_path):
+    data.write_atomic(tmp_path / "a" / "f.txt", "hello")
+    assert (tmp_path / "a" / "f.txt").read_text() == "hello"
+    assert stat.S_IMODE((tmp_path / "a" / "f.txt").stat().st_mode) == 0o666 & ~data._UMASK
+    with pytest.raises(ZeroDivisionError), data.atomic_path(tmp_path / "a" / "g.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise ZeroDivisionError
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.txt"]

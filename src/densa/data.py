@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,17 +152,34 @@ def gunzip(path: Path) -> bytearray:
         raise DataError(f"{path}: not a complete gzip file ({e})") from None
 
 
-def write_atomic(path: Path, data: bytes | bytearray | str) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside `path`; when the block succeeds it replaces `path` in one rename.
+
+    Readers never see half a file, and a failure leaves nothing behind. The file gets the mode of any
+    new file (0666 minus the umask), not mkstemp's private 0600.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes | bytearray | str) -> None:
+    """Write `data` to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def _fix_hint(spec: DatasetSpec, label: str) -> str:
