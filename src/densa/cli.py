@@ -78,8 +78,24 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
+    if args.report:  # fail before training, not after it
+        from .plots import require_matplotlib
+
+        require_matplotlib()
+    if args.tensorboard:
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     print(f"densa {__version__} · torch {torch.__version__}")
-    run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    r = run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    if args.tensorboard:
+        from .tensorboard_log import write_scalars
+
+        write_scalars(r["out"])
+    if args.report:
+        from .report import write_report
+
+        write_report(r["out"], data_dir=args.data_dir)
     return 0
 
 
@@ -93,16 +109,35 @@ def _load_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .checkpoint import load
+    from .metrics import assess, format_confusion, format_table, load_split
 
-    ckpt, ds = _load_run(args)
-    r = evaluate(ckpt.model, ds.test_images, ds.test_labels)
+    ckpt = load(args.run)
+    ds, images, labels = load_split(ckpt, args.dataset, args.split, args.data_dir)
+    r = assess(ckpt.model, images, labels, ds.classes)
+    for key in ("probs", "preds", "labels"):
+        del r[key]
     if args.json:
-        print(json.dumps({"run": str(ckpt.path), "dataset": ds.name, "split": "test", **r}))
+        print(json.dumps({"run": str(ckpt.path), "dataset": ds.name, "split": args.split, **r}))
     else:
-        print(f"run: {ckpt.path} ({ckpt.config.model}, {ds.name})")
-        print(f"test_loss: {r['loss']:.4f}")
-        print(f"test_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
+        s = args.split
+        print(f"run: {ckpt.path} ({ckpt.config.model}, trained on {ckpt.dataset}; {ds.name} {s} split)")
+        print(f"{s}_loss: {r['loss']:.4f}")
+        print(f"{s}_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
+        print()
+        print(format_table(r))
+        print()
+        print(format_confusion(r["confusion"], r["classes"]))
+        print()
+        cal = r["calibration"]
+        print(f"expected calibration error: {cal['ece']:.4f} ({len(cal['bins'])} confidence bins)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    write_report(args.run, args.out, dataset=args.dataset, split=args.split, data_dir=args.data_dir)
     return 0
 
 
@@ -196,6 +231,15 @@ def build_parser() -> Parser:
             "the user cache, /usr/share/datasets, then download)",
         )
 
+    def split_args(p):
+        p.add_argument(
+            "--dataset",
+            default=None,
+            help="evaluate on this dataset (default: the one the model was trained on); "
+            "it must have as many classes as the model",
+        )
+        p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
+
     p = sub.add_parser(
         "train",
         help="train a model and write a run folder",
@@ -220,15 +264,42 @@ def build_parser() -> Parser:
     p.add_argument(
         "--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)"
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the HTML report to RUN/report/ at the end (extra: report)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write the per-epoch scalars to RUN/tensorboard/ at the end (extra: tensorboard)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "evaluate", help="test loss and accuracy of a trained model", formatter_class=HelpFormatter
+        "evaluate",
+        help="loss, accuracy, per-class metrics and confusion matrix of a trained model",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    split_args(p)
     data_dir_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="figures and a self-contained HTML report of a run (extra: report)",
+        formatter_class=HelpFormatter,
+        description="Write PNG figures and index.html (images embedded, opens offline): config, "
+        "training curves, confusion matrix, most confident mistakes, examples per class, first-layer "
+        "weights, reliability diagram.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("--out", metavar="DIR", default=None, help="report folder (default: RUN/report/)")
+    split_args(p)
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter
