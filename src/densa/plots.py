@@ -36,6 +36,12 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def margins(fig: Figure, left: float, right: float, bottom: float, top: float, **space) -> None:
+    """Place the subplots by margins in inches (a layout engine would cost more than the drawing)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, **space)
+
+
 def class_label(i: int, name: str) -> str:
     return name if str(name) == str(i) else f"{i} {name}"
 
@@ -53,8 +59,9 @@ def curves(records: list[dict], best_epoch: int | None = None) -> Figure | None:
     panels = {name: ks for name, ks in panels.items() if ks}
     if not panels:
         return None
-    fig = Figure(figsize=(5 * len(panels), 4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(5 * len(panels), 4), dpi=DPI)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    margins(fig, 0.8, 0.2, 0.6, 0.4, wspace=0.3)
     for ax, (name, ks) in zip(axes, panels.items()):
         for k in ks:
             pts = [
@@ -81,32 +88,29 @@ def confusion(cm, classes, title: str) -> Figure:
     """Heatmap of counts (log colour scale, so a few mistakes still show) with each count written in."""
     cm = np.asarray(cm)
     k = len(classes)
+    labels = [class_label(i, c) for i, c in enumerate(classes)]
+    longest = max(map(len, labels))
     side = max(6.0, 0.55 * k + 2.5)
-    fig = Figure(figsize=(side + 1.2, side), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(side + 1.4, side), dpi=DPI)
     ax = fig.subplots()
-    shown = np.ma.masked_equal(cm, 0)
+    under = 0.65 + (0.06 * longest if longest > 2 else 0.1)  # rotated tick labels need room
+    margins(fig, 0.7 + 0.08 * longest, 0.3, under, 0.45)
     norm = LogNorm(vmin=1, vmax=max(int(cm.max()), 2))
-    cmap = _cmap("Blues", bad="white")
-    im = ax.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
+    im = ax.imshow(np.ma.masked_equal(cm, 0), cmap=_cmap("Blues", bad="white"), norm=norm)
     size = 9 if k <= 12 else 7
     for (t, p), v in np.ndenumerate(cm):
         if v:
-            dark = norm(v) > 0.6
-            ax.text(
-                p, t, str(int(v)), ha="center", va="center", fontsize=size, color="white" if dark else "black"
-            )
-    labels = [class_label(i, c) for i, c in enumerate(classes)]
-    ax.set_xticks(
-        range(k),
-        labels,
-        rotation=45 if max(map(len, labels)) > 2 else 0,
-        ha="right" if max(map(len, labels)) > 2 else "center",
-    )
+            color = "white" if norm(v) > 0.6 else "black"
+            ax.text(p, t, str(int(v)), ha="center", va="center", fontsize=size, color=color)
+    if longest > 2:
+        ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(k), labels)
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="images (log scale)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images (log scale)")
     return fig
 
 
@@ -118,8 +122,9 @@ def reliability(cal: dict) -> Figure:
     count = np.array([b["count"] for b in bins])
     acc = np.array([b["accuracy"] for b in bins])
     conf = np.array([b["confidence"] for b in bins])
-    fig = Figure(figsize=(6, 6.5), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(6, 6.5), dpi=DPI)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    margins(fig, 0.8, 0.2, 0.6, 0.4, hspace=0.08)
     used = count > 0
     top.bar(
         lo[used],
@@ -163,9 +168,7 @@ def reliability(cal: dict) -> Figure:
 def _cmap(name: str, bad: str):
     from matplotlib import colormaps
 
-    cmap = colormaps[name].copy()
-    cmap.set_bad(bad)
-    return cmap
+    return colormaps[name].with_extremes(bad=bad)
 
 
 def mosaic(tiles: np.ndarray, ncols: int, gap_x: int, gap_y: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -197,10 +200,12 @@ def grid(
     n, h, w = tiles.shape
     scale = max(1, round(TILE_PX / max(h, w)))  # screen pixels per tile pixel
     gap_y = -(-(12 * caption_lines + 6) // scale) if captions else max(1, 6 // scale)
-    gap_x = max(1, -(-20 // scale)) if captions else max(1, 6 // scale)
+    text_px = 6 * max(len(line) for c in captions for line in c.split("\n")) if captions else 0
+    gap_x = max(1, -(-max(20, text_px - w * scale + 10) // scale)) if captions else max(1, 6 // scale)
     canvas, corners = mosaic(tiles, ncols, gap_x, gap_y)
-    left = 12 + (7 * max(map(len, row_labels)) if row_labels else 0)
-    top, right, bottom = 34, 12, 8
+    overhang = max(0, text_px - w * scale) // 2  # captions wider than the first and last tiles
+    left = 12 + overhang + (7 * max(map(len, row_labels)) if row_labels else 0)
+    top, right, bottom = 34, 12 + overhang, 8
     width_px, height_px = left + right + canvas.shape[1] * scale, top + bottom + canvas.shape[0] * scale
     fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
     ax = fig.add_axes(
