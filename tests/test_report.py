@@ -175,6 +175,15 @@ def test_report_of_an_interrupted_run(weak, tmp_path, capsys):
     text = check_html(nometrics / "report" / "index.html", pngs)
     assert "metrics.jsonl is missing: no training curves" in text
 
+    shutil.copy(run / "model.safetensors", tmp_path / "loose.safetensors")
+    assert main(["report", str(tmp_path / "loose.safetensors"), "--data-dir", str(root)]) == 0
+    pngs = sorted((tmp_path / "loose-report").glob("*.png"))
+    assert {p.stem for p in pngs} == set(SIZES) - {"curves"}
+    assert (
+        "only the checkpoint loose.safetensors was given"
+        in (tmp_path / "loose-report/index.html").read_text()
+    )
+
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err

@@ -8,18 +8,16 @@ interrupted run has no model yet, an old one no metrics) is left out with a note
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .data import write_atomic
 from .errors import DensaError
+from .page import page_html
 
 RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json")
 MISTAKES = 30  # most confident mistakes shown, 10 per row
@@ -27,39 +25,58 @@ PER_CLASS = 10  # correctly classified examples per class
 UNITS = 64  # first-layer units or filters shown
 
 
-def read_run(run: Path) -> tuple[Path, Path | None, list[dict], dict | None, list[str]]:
-    """(run folder, checkpoint or None, metrics records, summary or None, notes on what is missing)."""
-    notes = []
+@dataclass
+class RunFiles:
+    """What a run folder holds; `notes` says what is missing or unreadable."""
+
+    folder: Path
+    checkpoint: Path | None
+    records: list[dict]  # metrics.jsonl, one dict per epoch, fields as written
+    summary: dict | None
+    notes: list[str]
+
+
+def read_run(run: Path) -> RunFiles:
+    """A run folder, or a checkpoint file (its folder's metrics count only if it is model.safetensors)."""
     if not run.exists():
         raise DensaError(f"{run} does not exist; pass a run folder written by `densa train`")
-    folder, ckpt = (run, run / "model.safetensors") if run.is_dir() else (run.parent, run)
-    if not any((folder / n).is_file() for n in RUN_FILES) and not run.is_file():
-        raise DensaError(f"{run} is not a densa run folder (none of {', '.join(RUN_FILES)} in it)")
+    if run.is_dir():
+        folder, ckpt = run, run / "model.safetensors"
+        if not any((folder / n).is_file() for n in RUN_FILES):
+            raise DensaError(f"{run} is not a densa run folder (none of {', '.join(RUN_FILES)} in it)")
+    else:
+        folder, ckpt = run.parent, run
+    files = RunFiles(folder, ckpt, [], None, [])
     if not ckpt.is_file():
-        notes.append(
+        files.checkpoint = None
+        files.notes.append(
             f"{ckpt.name} is missing (was training interrupted?): no evaluation, confusion matrix, "
             "example grids, weights or calibration"
         )
-        ckpt = None
-    records = []
+    if ckpt.name != "model.safetensors":  # a loose checkpoint: the files beside it need not be its own
+        files.notes.append(f"only the checkpoint {ckpt.name} was given: no training curves or run summary")
+        return files
     metrics = folder / "metrics.jsonl"
     if metrics.is_file():
         for i, line in enumerate(metrics.read_text().splitlines(), 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line) if line.strip() else {}
             except json.JSONDecodeError:
-                notes.append(f"metrics.jsonl line {i} is not JSON; skipped")
+                record = None
+            if isinstance(record, dict) and record:
+                files.records.append(record)
+            elif line.strip():
+                files.notes.append(f"metrics.jsonl line {i} is not a JSON object; skipped")
     else:
-        notes.append("metrics.jsonl is missing: no training curves")
-    summary = None
+        files.notes.append("metrics.jsonl is missing: no training curves")
     if (folder / "summary.json").is_file():
         try:
-            summary = json.loads((folder / "summary.json").read_text())
+            files.summary = json.loads((folder / "summary.json").read_text())
         except json.JSONDecodeError:
-            notes.append("summary.json is not valid JSON; left out")
+            files.notes.append("summary.json is not valid JSON; left out")
     else:
-        notes.append("summary.json is missing: no timings or final training numbers")
-    return folder, ckpt, records, summary, notes
+        files.notes.append("summary.json is missing: no timings or final training numbers")
+    return files
 
 
 def first_layer(model, classes) -> tuple[np.ndarray, list[str] | None, str] | None:
@@ -138,81 +155,6 @@ def figures_for(ckpt, result, images, ds, split) -> dict[str, tuple[object, str]
     return {name: (fig, CAPTIONS[name]) for name, fig in figs.items()}
 
 
-# --------------------------------------------------------------------------- the page
-
-CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
-img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
-.note { background: #fff5d6; border-left: 4px solid #e0b000; padding: 0.4em 0.8em; margin: 0.3em 0; }
-.sub { color: #666; } figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
-.cols { display: flex; flex-wrap: wrap; gap: 2em; }
-"""
-
-
-def esc(x) -> str:
-    return html.escape(str(x))
-
-
-def kv_table(d: dict) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"<td>{v:.6g}</td>"
-        if isinstance(v, (dict, list)):
-            return f"<td><code>{esc(json.dumps(v))}</code></td>"
-        return f"<td>{esc(v)}</td>"
-
-    return "<table>" + "".join(f"<tr><th>{esc(k)}</th>{cell(v)}</tr>" for k, v in d.items()) + "</table>"
-
-
-def rows_table(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v):
-        if isinstance(v, float):
-            return f'<td class="n">{v:.4f}</td>'
-        return f'<td class="n">{esc(v)}</td>' if isinstance(v, int) else f"<td>{esc(v)}</td>"
-
-    head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(cell(r.get(k, "")) for k in keys) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def figure_html(name: str, png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure id="fig-{name}"><img src="data:image/png;base64,{data}" alt="{esc(name)}">'
-        f"<figcaption>{esc(caption)} <span class='sub'>({esc(name)}.png)</span></figcaption></figure>"
-    )
-
-
-def environment() -> dict:
-    import matplotlib
-    import torch
-
-    return {
-        "densa": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "matplotlib": matplotlib.__version__,
-        "platform": platform.platform(),
-        "torch threads": torch.get_num_threads(),
-    }
-
-
-def class_table_html(result: dict) -> str:
-    rows = [dict(r) for r in result["per_class"]]
-    for name in ("macro_avg", "weighted_avg"):
-        rows.append({"class": name.replace("_", " "), **result[name]})
-    return rows_table(rows)
-
-
 def best_epoch(*sources) -> int | None:
     for d in sources:
         if isinstance(d, dict) and isinstance(d.get("best_epoch"), int):
@@ -228,79 +170,42 @@ def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, lo
     from . import plots
 
     t0 = time.perf_counter()
-    folder, ckpt_path, records, summary, notes = read_run(Path(run))
-    out = Path(out) if out is not None else folder / "report"
+    run = Path(run)
+    files = read_run(run)
+    if out is None:
+        whole_run = run.is_dir() or run.name == "model.safetensors"
+        out = files.folder / ("report" if whole_run else f"{run.stem}-report")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise DensaError(f"--out {out} is a file; pass a folder for the report")
-    ckpt = result = None
+    ckpt = ds = result = None
     figs: dict[str, tuple[object, str]] = {}
-    if ckpt_path is not None:
+    if files.checkpoint is not None:
         from .checkpoint import load
         from .metrics import assess, load_split
 
-        ckpt = load(ckpt_path)
+        ckpt = load(files.checkpoint)
         ds, images, labels = load_split(ckpt, dataset, split, data_dir)
         result = assess(ckpt.model, images, labels, ds.classes)
         figs = figures_for(ckpt, result, images, ds, split)
         if "first_layer" not in figs:
-            notes.append("the first layer is neither a Linear on 784 pixels nor a Conv2d: no weights picture")
+            files.notes.append("the first layer is neither a Linear on 784 pixels nor a Conv2d: no weights")
         if "mistakes" not in figs:
-            notes.append(f"no mistakes on the {split} split: no mistakes grid")
-    best = best_epoch(summary, ckpt.meta["metrics"] if ckpt else None)
-    if records:
-        fig = plots.curves(records, best)
+            files.notes.append(f"no mistakes on the {split} split: no mistakes grid")
+    if files.records:
+        best = best_epoch(files.summary, ckpt.meta["metrics"] if ckpt else None)
+        fig = plots.curves(files.records, best)
         if fig is None:
-            notes.append("metrics.jsonl has no loss or accuracy fields: no training curves")
+            files.notes.append("metrics.jsonl has no loss or accuracy fields: no training curves")
         else:
             figs = {"curves": (fig, CAPTIONS["curves"]), **figs}
     pngs = {name: (plots.png_bytes(fig), caption) for name, (fig, caption) in figs.items()}
-    for name, (png, _) in pngs.items():
-        write_atomic(out / f"{name}.png", png)
-
-    def fig(name):
-        return figure_html(name, *pngs[name]) if name in pngs else ""
-
-    title = f"densa report · {folder.resolve().name}"
-    parts = [
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
-        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>",
-        f"<p class='sub'>{esc(folder.resolve())} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} "
-        f"by densa {esc(__version__)}</p>",
-        *(f"<div class='note'>{esc(n)}</div>" for n in notes),
-    ]
-    if result is not None:
-        headline = {
-            "evaluated on": f"{ds.name} {split} split ({result['n']:,} images)",
-            "accuracy": f"{result['acc']:.4f} ({result['correct']:,}/{result['n']:,})",
-            "loss (cross-entropy)": f"{result['loss']:.4f}",
-            "macro F1": f"{result['macro_avg']['f1']:.4f}",
-            "expected calibration error": f"{result['calibration']['ece']:.4f}",
-        }
-        parts += ["<h2>Summary</h2>", kv_table(headline)]
-    parts.append("<h2>Training</h2>")
-    parts += [fig("curves"), rows_table(records)] if records else ["<p>No per-epoch metrics.</p>"]
-    if result is not None:
-        parts += ["<h2>Per-class metrics</h2>", class_table_html(result), fig("confusion")]
-        parts += ["<h2>Calibration</h2>", fig("reliability")]
-        parts += ["<h2>Mistakes and examples</h2>", fig("mistakes"), fig("correct")]
-        parts += ["<h2>What the first layer looks at</h2>", fig("first_layer")]
-    parts.append("<h2>Configuration</h2>")
-    if ckpt is not None:
-        from .models import count_parameters
-
-        parts += [f"<pre>{esc(ckpt.model)}</pre><p>parameters: {count_parameters(ckpt.model):,}</p>"]
-    parts.append("<div class='cols'>")
-    if ckpt is not None:
-        keys = ("model", "train", "dataset", "input") + (("metrics",) if summary is None else ())
-        parts += [f"<div><h3>{esc(k)}</h3>{kv_table(ckpt.meta[k])}</div>" for k in keys]
-    if summary is not None:
-        parts.append(f"<div><h3>summary.json</h3>{kv_table(summary)}</div>")
-    parts.append("</div>")
-    parts.append("<h2>Environment</h2><div class='cols'>")
-    if ckpt is not None:
-        parts.append(f"<div><h3>training</h3>{kv_table(ckpt.meta['versions'])}</div>")
-    parts.append(f"<div><h3>this report</h3>{kv_table(environment())}</div></div></body></html>\n")
+    for name in CAPTIONS:  # each file written whole; none left over from an earlier report
+        if name in pngs:
+            write_atomic(out / f"{name}.png", pngs[name][0])
+        else:
+            (out / f"{name}.png").unlink(missing_ok=True)
     page = out / "index.html"
-    write_atomic(page, "\n".join(p for p in parts if p))
+    write_atomic(page, page_html(files, ckpt, ds, split, result, pngs))
     log(f"wrote report to {page} ({len(pngs)} figures, {time.perf_counter() - t0:.1f}s)")
     return page
