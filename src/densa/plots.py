@@ -13,10 +13,11 @@ import io
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .errors import DensaError
 
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 1, 10, 100 on log axes (no mathtext: easier to read)
 DPI = 100  # pixels per inch: a figure of (w, h) inches is a PNG of (w * DPI, h * DPI) pixels
 TILE_PX = 84  # screen pixels for one tile's longer side (28 x 28 digits: 3 pixels each)
 
@@ -94,7 +95,7 @@ def confusion(cm, classes, title: str) -> Figure:
     fig = Figure(figsize=(side + 1.4, side), dpi=DPI)
     ax = fig.subplots()
     under = 0.65 + (0.06 * longest if longest > 2 else 0.1)  # rotated tick labels need room
-    margins(fig, 0.7 + 0.08 * longest, 0.3, under, 0.45)
+    margins(fig, 0.7 + 0.08 * longest, 1.0, under, 0.45)
     norm = LogNorm(vmin=1, vmax=max(int(cm.max()), 2))
     im = ax.imshow(np.ma.masked_equal(cm, 0), cmap=_cmap("Blues", bad="white"), norm=norm)
     size = 9 if k <= 12 else 7
@@ -110,7 +111,9 @@ def confusion(cm, classes, title: str) -> Figure:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images (log scale)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images (log scale)")
+    bar.ax.yaxis.set_major_formatter(PLAIN)
+    bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     return fig
 
 
@@ -156,6 +159,7 @@ def reliability(cal: dict) -> Figure:
     top.grid(alpha=0.3)
     bottom.bar(lo[used], count[used], width=width[used], align="edge", color="0.5", edgecolor="white")
     bottom.set_yscale("log")
+    bottom.yaxis.set_major_formatter(PLAIN)
     bottom.set_xlabel("confidence (probability of the predicted class)")
     bottom.set_ylabel("images")
     bottom.grid(alpha=0.3)
