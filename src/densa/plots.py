@@ -228,7 +228,9 @@ def grid(
         spine.set_visible(False)
     if captions:
         for (y, x), text in zip(corners, captions):
-            ax.text(x + w / 2, y - 1.5 / scale, text, ha="center", va="bottom", fontsize=7.5, linespacing=1.1)
+            ax.text(
+                x + w / 2, y - 0.5 - 2 / scale, text, ha="center", va="bottom", fontsize=7.5, linespacing=1.1
+            )
     if row_labels:
         centers = [i * (h + gap_y) + gap_y + h / 2 - 0.5 for i in range(len(row_labels))]
         ax.set_yticks(centers, row_labels, fontsize=9)
