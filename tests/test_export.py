@@ -232,7 +232,7 @@ def test_cli_evaluate_and_predict_match_the_run(exported, capsys):
     assert onnx_r["n"] == torch_r["n"] == 300 and onnx_r["correct"] == torch_r["correct"]
     assert abs(onnx_r["loss"] - torch_r["loss"]) < 1e-5 and onnx_r["run"] == str(out)
     assert main(["evaluate", str(out)]) == 0
-    assert "(mlp via onnxruntime, synth)" in capsys.readouterr().out
+    assert "(mlp via onnxruntime, trained on synth; synth test split)" in capsys.readouterr().out
 
     for i in (0, 5, 299):
         preds = []

@@ -78,8 +78,24 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
+    if args.report:  # fail before training, not after it
+        from .plots import require_matplotlib
+
+        require_matplotlib()
+    if args.tensorboard:
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     print(f"densa {__version__} · torch {torch.__version__}")
-    run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    r = run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    if args.tensorboard:
+        from .tensorboard_log import write_scalars
+
+        write_scalars(r["out"])
+    if args.report:
+        from .report import write_report
+
+        write_report(r["out"], data_dir=args.data_dir)
     return 0
 
 
@@ -92,38 +108,57 @@ def _load_run(args):
     return ckpt, ds
 
 
+def cmd_evaluate(args) -> int:
+    from .export import is_onnx
+    from .metrics import assess, assess_logits, format_confusion, format_table, load_split
+
+    if is_onnx(args.run):
+        from .export import OnnxPredictor
+
+        model = OnnxPredictor(args.run)
+        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
+        r = assess_logits(model.logits(images.numpy()), labels.numpy(), ds.classes)
+        kind = f"{model.meta['model'].get('model', 'model')} via onnxruntime"
+    else:
+        from .checkpoint import load
+
+        model = load(args.run)
+        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
+        r = assess(model.model, images, labels, ds.classes)
+        kind = model.config.model
+    for key in ("probs", "preds", "labels"):
+        del r[key]
+    if args.json:
+        print(json.dumps({"run": str(model.path), "dataset": ds.name, "split": args.split, **r}))
+    else:
+        s = args.split
+        print(f"run: {model.path} ({kind}, trained on {model.dataset}; {ds.name} {s} split)")
+        print(f"{s}_loss: {r['loss']:.4f}")
+        print(f"{s}_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
+        print()
+        print(format_table(r))
+        print()
+        print(format_confusion(r["confusion"], r["classes"]))
+        print()
+        cal = r["calibration"]
+        print(f"expected calibration error: {cal['ece']:.4f} ({len(cal['bins'])} confidence bins)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    write_report(args.run, args.out, dataset=args.dataset, split=args.split, data_dir=args.data_dir)
+    return 0
+
+
 def _load_onnx(args):
     """An exported .onnx file and its dataset; inference runs in onnxruntime (torch only loads the data)."""
     from .data import load_dataset
     from .export import OnnxPredictor
 
     predictor = OnnxPredictor(args.run)
-    ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
-    return predictor, ds
-
-
-def cmd_evaluate(args) -> int:
-    from .export import is_onnx
-
-    if is_onnx(args.run):
-        from .export import evaluate_onnx
-
-        predictor, ds = _load_onnx(args)
-        r = evaluate_onnx(predictor, ds.test_images.numpy(), ds.test_labels.numpy())
-        path, model = predictor.path, f"{predictor.meta['model'].get('model', 'model')} via onnxruntime"
-    else:
-        from .evaluate import evaluate
-
-        ckpt, ds = _load_run(args)
-        r = evaluate(ckpt.model, ds.test_images, ds.test_labels)
-        path, model = ckpt.path, ckpt.config.model
-    if args.json:
-        print(json.dumps({"run": str(path), "dataset": ds.name, "split": "test", **r}))
-    else:
-        print(f"run: {path} ({model}, {ds.name})")
-        print(f"test_loss: {r['loss']:.4f}")
-        print(f"test_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
-    return 0
+    return predictor, load_dataset(predictor.dataset, args.data_dir)
 
 
 def cmd_predict(args) -> int:
@@ -242,6 +277,15 @@ def build_parser() -> Parser:
             "the user cache, /usr/share/datasets, then download)",
         )
 
+    def split_args(p):
+        p.add_argument(
+            "--dataset",
+            default=None,
+            help="evaluate on this dataset (default: the one the model was trained on); "
+            "it must have as many classes as the model",
+        )
+        p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
+
     p = sub.add_parser(
         "train",
         help="train a model and write a run folder",
@@ -266,15 +310,42 @@ def build_parser() -> Parser:
     p.add_argument(
         "--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)"
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the HTML report to RUN/report/ at the end (extra: report)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write the per-epoch scalars to RUN/tensorboard/ at the end (extra: tensorboard)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "evaluate", help="test loss and accuracy of a trained model", formatter_class=HelpFormatter
+        "evaluate",
+        help="loss, accuracy, per-class metrics and confusion matrix of a trained model",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    split_args(p)
     data_dir_arg(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="figures and a self-contained HTML report of a run (extra: report)",
+        formatter_class=HelpFormatter,
+        description="Write PNG figures and index.html (images embedded, opens offline): config, "
+        "training curves, confusion matrix, most confident mistakes, examples per class, first-layer "
+        "weights, reliability diagram.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("--out", metavar="DIR", default=None, help="report folder (default: RUN/report/)")
+    split_args(p)
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter

@@ -321,6 +321,11 @@ class OnnxPredictor:
                 f"{names[1]}; export it again"
             )
 
+    @property
+    def dataset(self) -> str:
+        """The name of the dataset the model was trained on."""
+        return self.meta["dataset"]["name"]
+
     def _run(self, images, output: str) -> np.ndarray:
         x = as_images(images)
         if len(x) == 0:
@@ -341,13 +346,12 @@ class OnnxPredictor:
 
 def evaluate_onnx(predictor: OnnxPredictor, images, labels, batch_size: int = 2000) -> dict:
     """Mean cross-entropy and accuracy over every image, as densa.evaluate returns them."""
+    from .metrics import cross_entropy
+
     labels = np.asarray(labels).astype(np.int64)
     n, loss_sum, correct = len(labels), 0.0, 0
     for i in range(0, n, batch_size):
-        z = predictor.logits(images[i : i + batch_size]).astype(np.float64)
-        y = labels[i : i + batch_size]
-        top = z.max(axis=1)
-        log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=1))  # log-sum-exp, stable
-        loss_sum += float((log_norm - z[np.arange(len(y)), y]).sum())
+        z, y = predictor.logits(images[i : i + batch_size]), labels[i : i + batch_size]
+        loss_sum += cross_entropy(z, y) * len(y)
         correct += int((z.argmax(axis=1) == y).sum())
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "correct": correct, "n": n}
