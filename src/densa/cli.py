@@ -107,33 +107,131 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .evaluate import format_prediction, predict_proba
+    if (args.test_index is None) == (not args.images):
+        raise DensaError("pass image files or folders, or --test-index I (exactly one of them)")
+    if args.test_index is not None:
+        return _predict_test_index(args)
+    return _predict_images(args)
 
-    ckpt, ds = _load_run(args)
+
+def _predict_test_index(args) -> int:
+    import numpy as np
+
+    from .data import load_dataset
+    from .evaluate import format_prediction
+    from .predictor import open_predictor, result
+
+    predictor = open_predictor(args.run)
+    ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
     i, n = args.test_index, len(ds.test_images)
     if not 0 <= i < n:
         raise DensaError(
             f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
         )
-    probs = predict_proba(ckpt.model, ds.test_images[i : i + 1])[0]
+    pixels = ds.test_images[i].numpy()
+    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
     label = int(ds.test_labels[i])
+    if args.save_input:
+        _save_inputs(args.save_input, [(f"test-{i}", pixels)])
     if args.json:
-        k = int(probs.argmax())
-        print(
-            json.dumps(
-                {
-                    "index": i,
-                    "predicted": k,
-                    "predicted_class": ds.classes[k],
-                    "probability": float(probs[k]),
-                    "label": label,
-                    "label_class": ds.classes[label],
-                    "probabilities": {c: float(p) for c, p in zip(ds.classes, probs)},
-                }
-            )
-        )
+        r = result(predictor, probs, args.top_k)
+        print(json.dumps({"index": i, **r, "label": label, "label_class": ds.classes[label]}))
     else:
-        print(format_prediction(probs, i, label, ds.classes))
+        import torch
+
+        print(format_prediction(torch.from_numpy(probs), i, label, ds.classes))
+    return 0
+
+
+def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument, or the images in each folder argument (sorted), as (path, error or None)."""
+    from pathlib import Path
+
+    from .images import EXTENSIONS
+
+    out = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS)
+            if not found:
+                out.append((arg, f"{arg}: folder has no {'/'.join(EXTENSIONS)} files"))
+            out += [(str(f), None) for f in found]
+        elif not p.exists():
+            out.append((arg, f"{arg}: no such file"))
+        else:
+            out.append((arg, None))
+    return out
+
+
+def _save_inputs(folder: str, items: list[tuple[str, object]]) -> None:
+    from pathlib import Path
+
+    from .data import write_atomic
+    from .images import to_png
+
+    used: set[str] = set()
+    for name, pixels in items:
+        stem, k = Path(name).stem, 2
+        target = f"{stem}.28x28.png"
+        while target in used:
+            target, k = f"{stem}-{k}.28x28.png", k + 1
+        used.add(target)
+        write_atomic(Path(folder) / target, to_png(pixels))
+
+
+def _predict_images(args) -> int:
+    import numpy as np
+
+    from .images import ImageError, prepare, read_image_file
+    from .predictor import open_predictor, result
+
+    predictor = open_predictor(args.run)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    entries = []  # (path, uint8 28x28 or None, error or None), in argument order
+    for path, error in image_files(args.images):
+        pixels = None
+        if error is None:
+            try:
+                pixels = prepare(read_image_file(path), predictor.preprocess, path)
+            except ImageError as e:
+                error = str(e)
+            except OSError as e:
+                error = f"{path}: {e.strerror or e}"
+        entries.append((path, pixels, error))
+    ok = [(path, pixels) for path, pixels, error in entries if error is None]
+    if ok:
+        probs = iter(predictor.predict_proba(np.stack([p for _, p in ok]).astype(np.float32) / 255))
+    failed = 0
+    for path, _, error in entries:
+        if error is not None:
+            failed += 1
+            error = " ".join(error.split())
+            print(f"densa: error: {error}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"file": path, "error": error}), flush=True)
+            continue
+        r = result(predictor, next(probs), args.top_k)
+        if args.json:
+            print(json.dumps({"file": path, **r}), flush=True)
+        else:
+            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])
+            line = f"{path}: {r['predicted_class']} ({r['probability']:.3f})  top-{len(r['top_k'])}: {top}"
+            print(line, flush=True)
+    if args.save_input and ok:
+        _save_inputs(args.save_input, ok)
+    if failed:
+        raise DensaError(f"{failed} of {failed + len(ok)} image(s) could not be read (see above)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, threads=args.threads)
     return 0
 
 
@@ -231,15 +329,39 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter
+        "predict",
+        help="classify image files (or look at one test image)",
+        formatter_class=HelpFormatter,
+        description="Classify your own images: each is prepared the way the model's dataset was made "
+        "(see `densa.images`), then classified. A folder predicts every image in it. With "
+        "--test-index, the tutorial's quick look at one test image instead.",
     )
     p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG/BMP/GIF/WebP files or folders")
     p.add_argument(
-        "--test-index", type=nonneg_int, required=True, metavar="I", help="index into the test split"
+        "--test-index", type=nonneg_int, default=None, metavar="I", help="index into the test split"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K", help="classes listed per image")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument(
+        "--save-input", metavar="DIR", help="write the 28x28 each image became (what the model saw) as PNG"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     data_dir_arg(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "serve",
+        help="a web page to draw digits on, and a JSON API",
+        formatter_class=HelpFormatter,
+        description="Serve a drawing page at / and POST /api/predict (OpenAPI schema at /openapi.json). "
+        "Needs the serve extra: pip install 'densa[serve]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 opens it to your network)")
+    p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per inference")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter

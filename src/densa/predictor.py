@@ -1,0 +1,81 @@
+"""The small interface `densa predict` and `densa serve` use to ask a trained model about images.
+
+A predictor has `classes` (names in column order), `preprocess` (a rule name from densa.images.RULES),
+`model_id` (a short stable id of the weights), `meta` (the checkpoint metadata) and
+`predict_proba(x)`: float32 (N, 28, 28) in [0, 1], light ink on black -> float32 (N, classes).
+`open_predictor(path)` opens a run folder or .safetensors file. `classify` and `result` turn an image's
+bytes into the JSON-ready answer both commands print or send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DensaError
+
+
+def file_id(path: Path, name: str) -> str:
+    """'<name>@<first 12 hex of the file's sha256>': names a model and pins its exact bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return f"{name}@{h.hexdigest()[:12]}"
+
+
+class TorchPredictor:
+    """A densa checkpoint, in eval mode, behind the predictor interface."""
+
+    def __init__(self, path: str | os.PathLike):
+        from .checkpoint import load
+
+        ckpt = load(path)
+        self.model = ckpt.model
+        self.meta = ckpt.meta
+        self.path = ckpt.path
+        self.classes = ckpt.classes
+        self.preprocess = self.meta["dataset"].get("preprocess") or "mnist"
+        name = ckpt.path.parent.name if ckpt.path.name == "model.safetensors" else ckpt.path.stem
+        self.model_id = file_id(ckpt.path, name)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
+
+
+def open_predictor(path: str | os.PathLike):
+    """A predictor for a run folder or a .safetensors file."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        raise DensaError(f"{p}: ONNX models are not supported by this densa; pass a run folder")
+    return TorchPredictor(p)
+
+
+def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
+    """One image's answer: predicted class, its probability, the top k and every class's probability."""
+    order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
+    best = int(order[0])
+    return {
+        "predicted": best,
+        "predicted_class": predictor.classes[best],
+        "probability": float(probs[best]),
+        "top_k": [{"class": predictor.classes[int(k)], "probability": float(probs[k])} for k in order],
+        "probabilities": {c: float(p) for c, p in zip(predictor.classes, probs)},
+        "model": predictor.model_id,
+    }
+
+
+def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tuple[dict, np.ndarray]:
+    """Image bytes -> (answer, the uint8 28x28 the model saw). Raises densa.images.ImageError."""
+    from .images import prepare
+
+    pixels = prepare(data, predictor.preprocess, name)
+    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
+    return result(predictor, probs, top_k), pixels
