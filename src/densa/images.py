@@ -212,52 +212,54 @@ def place(ink: np.ndarray, rule: Rule) -> np.ndarray:
     crop = ink[r0:r1, c0:c1]
     f = max(1, max(crop.shape) // (5 * rule.box))  # keep >= 5 source pixels per output pixel
     crop = block_mean(crop, f)
-    out = _resample(crop, rule)
+    small = fit(crop, rule.box)
     if rule.stretch:
-        w = stroke_width(out)
-        if w < STROKE_MIN:  # a thin pen: thicken in the source to MNIST's typical stroke
-            s = rule.box / max(crop.shape)
-            k = 2 * round((STROKE_TARGET - w) / 2 / s) + 1
+        w = stroke_width(small)
+        if w < STROKE_MIN:  # a thin pen: thicken in the source towards MNIST's typical stroke
+            k = 2 * round((STROKE_TARGET - w) / 2 * max(crop.shape) / rule.box) + 1
             if k >= 3:
-                out = _resample(_dilate(crop, k), rule)
-        top = out.max()
+                small = fit(dilate(crop, k), rule.box)
+        top = small.max()
         if 0 < top < 1:
-            out = out / top
-    return out
+            small = small / top
+    return position(small, rule.center)
 
 
-def _dilate(a: np.ndarray, k: int) -> np.ndarray:
-    from PIL import Image, ImageFilter
-
-    p = k // 2
-    im = Image.fromarray(np.pad(a, p), mode="F").filter(ImageFilter.MaxFilter(k))
-    return np.asarray(im, dtype=np.float32)
-
-
-def _resample(crop: np.ndarray, rule: Rule) -> np.ndarray:
+def fit(crop: np.ndarray, box: int) -> np.ndarray:
+    """Scale so the longer side is `box` pixels, keeping the aspect ratio (area-averaged when shrinking)."""
     from PIL import Image
 
     h, w = crop.shape
-    s = rule.box / max(h, w)  # output pixels per source pixel
-    span = 28 / s  # the output frame's side, in source pixels
-    if rule.center == "mass":
-        total = crop.sum()
-        ys, xs = np.arange(h) + 0.5, np.arange(w) + 0.5  # edge coordinates: pixel i covers [i, i+1)
-        cy, cx = (crop.sum(1) @ ys) / total, (crop.sum(0) @ xs) / total
-        # the centre of mass lands on pixel 14's centre (edge coordinate 14.5); all ink stays in frame
-        x0 = min(max(cx - (MNIST_CENTER + 0.5) / s, w - span), 0.0)
-        y0 = min(max(cy - (MNIST_CENTER + 0.5) / s, h - span), 0.0)
-    else:
-        x0, y0 = (w - span) / 2, (h - span) / 2
-    # Pillow's resize box must lie inside the image: pad with paper so it does
-    left, top = int(np.ceil(max(0.0, -x0))), int(np.ceil(max(0.0, -y0)))
-    right = int(np.ceil(max(0.0, x0 + span - w)))
-    bottom = int(np.ceil(max(0.0, y0 + span - h)))
-    padded = np.pad(crop, ((top, bottom), (left, right)))
-    box = (x0 + left, y0 + top, x0 + left + span, y0 + top + span)
+    s = box / max(h, w)
+    size = (max(1, min(box, round(w * s))), max(1, min(box, round(h * s))))
     resample = Image.Resampling.BOX if s <= 1 else Image.Resampling.BILINEAR
-    im = Image.fromarray(padded.astype(np.float32), mode="F").resize((28, 28), resample, box=box)
+    im = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, resample)
     return np.clip(np.asarray(im, dtype=np.float32), 0, 1)
+
+
+def position(small: np.ndarray, center: str) -> np.ndarray:
+    """Put `small` in a 28x28 frame by whole-pixel shifts, as MNIST did: its centre of mass on pixel
+    (14, 14) ("mass"; within 0.5 px), or its box in the middle ("box"). The ink always stays in frame."""
+    h, w = small.shape
+    if center == "mass":
+        total = small.sum()
+        cy = (small.sum(axis=1) @ np.arange(h)) / total
+        cx = (small.sum(axis=0) @ np.arange(w)) / total
+        top, left = round(MNIST_CENTER - cy), round(MNIST_CENTER - cx)
+    else:
+        top, left = (28 - h) // 2, (28 - w) // 2
+    top, left = min(max(top, 0), 28 - h), min(max(left, 0), 28 - w)
+    out = np.zeros((28, 28), np.float32)
+    out[top : top + h, left : left + w] = small
+    return out
+
+
+def dilate(a: np.ndarray, k: int) -> np.ndarray:
+    """Grey dilation with a k x k square (k odd): thickens strokes by k - 1 pixels."""
+    from PIL import Image, ImageFilter
+
+    im = Image.fromarray(np.pad(a, k // 2), mode="F").filter(ImageFilter.MaxFilter(k))
+    return np.asarray(im, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- the whole path
