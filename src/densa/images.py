@@ -212,13 +212,15 @@ def place(ink: np.ndarray, rule: Rule) -> np.ndarray:
     crop = ink[r0:r1, c0:c1]
     f = max(1, max(crop.shape) // (5 * rule.box))  # keep >= 5 source pixels per output pixel
     crop = block_mean(crop, f)
+    if rule.stretch:
+        s = rule.box / max(crop.shape)  # output pixels per source pixel
+        w = stroke_width(crop)
+        if w * s < STROKE_MIN:  # a thin pen: thicken in the source to MNIST's typical stroke
+            k = 2 * round((STROKE_TARGET / s - w) / 2) + 1
+            if k >= 3:
+                crop = dilate(crop, k)
     small = fit(crop, rule.box)
     if rule.stretch:
-        w = stroke_width(small)
-        if w < STROKE_MIN:  # a thin pen: thicken in the source towards MNIST's typical stroke
-            k = 2 * round((STROKE_TARGET - w) / 2 * max(crop.shape) / rule.box) + 1
-            if k >= 3:
-                small = fit(dilate(crop, k), rule.box)
         top = small.max()
         if 0 < top < 1:
             small = small / top

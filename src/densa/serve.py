@@ -63,7 +63,7 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
     return body
 
 
-def create_app(predictor, *, max_body: int = MAX_BODY, top_k: int = 3):
+def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT, top_k: int = 3):
     """The FastAPI app serving `predictor` (an object with the predictor interface)."""
     try:
         import anyio
@@ -120,7 +120,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, top_k: int = 3):
         if declared is not None and (not declared.isdigit() or int(declared) > max_body):
             raise RequestError(413, "too_large", f"body over {max_body:,} bytes; send a smaller image")
         chunks, size = [], 0
-        with anyio.fail_after(BODY_TIMEOUT):
+        with anyio.fail_after(body_timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_body:
@@ -157,7 +157,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, top_k: int = 3):
         except RequestError as e:
             return problem(e.status, e.code, e.detail)
         except TimeoutError:
-            return problem(408, "timeout", f"the body did not arrive within {BODY_TIMEOUT:.0f} s")
+            return problem(408, "timeout", f"the body did not arrive within {body_timeout:g} s")
         except NoInk as e:
             return problem(422, "no_digit", str(e).replace("image: ", "", 1))
         except UnsupportedImage as e:
