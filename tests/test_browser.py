@@ -87,6 +87,8 @@ def page(server):
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(exist_ok=True)
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
         try:
@@ -125,12 +127,12 @@ def bars(page) -> dict[str, float]:
 
 
 def test_draw_digits_with_the_mouse(page):
-    ARTIFACTS.mkdir(exist_ok=True)
     assert page.locator("#bars .row").count() == 10
     for name, strokes in (("7", SEVEN), ("0", ZERO)):
         page.click("#clear")
         assert page.locator("#guess").text_content() == "?"
         draw(page, strokes)
+        page.wait_for_timeout(200)  # let the bars' 80 ms CSS transition finish before the picture
         page.screenshot(path=str(ARTIFACTS / f"browser-draw-{name}.png"))
         p = bars(page)
         assert max(p, key=p.get) == name, p
@@ -140,3 +142,22 @@ def test_draw_digits_with_the_mouse(page):
         assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
     page.click("#clear")
     assert page.locator("#guess").text_content() == "?" and max(bars(page).values()) == 0
+
+
+def test_choose_an_image_file(page, mnist_run, tmp_path):
+    """A photo-like file (MNIST test digit 1, a 2, as dark ink on tinted paper) through the file chooser."""
+    import numpy as np
+    from realistic import render
+
+    _, ds = mnist_run
+    data, _ = render(ds.test_images[1].numpy(), np.random.default_rng(7))
+    path = tmp_path / "digit.png"
+    path.write_bytes(data)
+    page.set_input_files("#file", str(path))
+    page.wait_for_function(
+        "document.body.dataset.pending === '0' && document.querySelector('#guess').dataset.class !== ''"
+    )
+    page.wait_for_timeout(200)
+    page.screenshot(path=str(ARTIFACTS / "browser-file-2.png"))
+    p = bars(page)
+    assert int(ds.test_labels[1]) == 2 and max(p, key=p.get) == "2", p

@@ -117,7 +117,8 @@ def decode(data: bytes, name: str = "image"):
         )
     try:
         im.load()
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # phone photos are often stored sideways
+        return im
     except Exception as e:
         raise ImageError(f"{name}: the {im.format} data is damaged or cut short ({e})") from None
 
@@ -131,6 +132,8 @@ def grey_pixels(im) -> np.ndarray:
         top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         return np.clip(a / top, 0, 1)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha and mode in ("RGBA", "LA") and im.getchannel("A").getextrema()[0] == 255:
+        has_alpha = False  # an opaque canvas: alpha says nothing
     if not has_alpha:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255
     rgba = im.convert("RGBA")
@@ -143,12 +146,12 @@ def grey_pixels(im) -> np.ndarray:
 
 
 def block_mean(a: np.ndarray, f: int) -> np.ndarray:
-    """Average f x f blocks (edges padded by repetition): an exact area-average downscale."""
+    """Average f x f blocks (partial blocks at the edges average what they hold): area downscaling."""
     if f <= 1:
         return a
-    h, w = a.shape
-    a = np.pad(a, ((0, -h % f), (0, -w % f)), mode="edge")
-    return a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3), dtype=np.float32)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(a.astype(np.float32, copy=False), mode="F").reduce(f))
 
 
 # --------------------------------------------------------------------------- grey -> ink
@@ -162,14 +165,19 @@ def ink_of(grey: np.ndarray, stretch: bool, name: str = "image") -> np.ndarray:
     paper = float(np.median(frame))
     noise = 1.4826 * float(np.median(np.abs(frame - paper)))  # robust std of the paper
     # the ink is whichever side of the paper reaches further (2x2 averages, so one hot pixel can't decide)
-    coarse = block_mean(grey, 2) if min(h, w) >= 8 else grey
+    if min(h, w) >= 8:
+        e = grey[: h // 2 * 2, : w // 2 * 2]
+        coarse = (e[::2, ::2] + e[1::2, ::2] + e[::2, 1::2] + e[1::2, 1::2]) / 4
+    else:
+        coarse = grey
     dark_ink = paper - float(coarse.min()) >= float(coarse.max()) - paper
     raw = paper - grey if dark_ink else grey - paper
     floor = max(4 * noise, 0.02)
     candidates = raw[raw > floor]
     if candidates.size < MIN_INK_PIXELS:
         raise NoInk(f"{name}: no digit found: the image is blank (nothing stands out from the background)")
-    peak = float(np.percentile(candidates, 90))  # the strokes' core, robust to a few hot pixels
+    k = int(0.9 * (candidates.size - 1))
+    peak = float(np.partition(candidates, k)[k])  # the strokes' core, robust to a few hot pixels
     if peak < MIN_CONTRAST:
         raise NoInk(
             f"{name}: no digit found: the marks differ from the background by only "
@@ -177,10 +185,14 @@ def ink_of(grey: np.ndarray, stretch: bool, name: str = "image") -> np.ndarray:
         )
     if stretch:
         t = max(floor, 0.2 * peak)
-        ink = np.clip((raw - t) / (peak - t), 0, 1)
+        scale = peak - t
     else:
-        full = paper if dark_ink else 1 - paper  # the distance from the paper to black (or white)
-        ink = np.clip((raw - floor) / max(full - floor, 1e-3), 0, 1)
+        t = floor
+        scale = max((paper if dark_ink else 1 - paper) - floor, 1e-3)  # from the paper to black/white
+    ink = raw - np.float32(t)
+    ink *= np.float32(1 / scale)
+    np.maximum(ink, 0, out=ink)
+    np.minimum(ink, 1, out=ink)
     if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
         raise NoInk(f"{name}: no digit found: only a few specks stand out from the background")
     return ink.astype(np.float32, copy=False)
