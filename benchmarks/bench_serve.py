@@ -132,11 +132,14 @@ def report(name: str, lat: list, errors: list, wall: float) -> float:
     return rate
 
 
-def serve_and_load(run: Path, png: bytes, clients: int, seconds: float, think_ms: float) -> None:
+def serve_and_load(
+    run: Path, png: bytes, clients: int, seconds: float, think_ms: float, workers: int
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "densa", "serve", str(run), "--port", str(port)])
+    cmd = [sys.executable, "-m", "densa", "serve", str(run), "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(cmd)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -155,7 +158,8 @@ def serve_and_load(run: Path, png: bytes, clients: int, seconds: float, think_ms
         )
         think = think_ms / 1000
         print(
-            f"(b) densa serve on loopback, {clients} clients, {seconds:.0f}s each, think {think_ms:.0f} ms:"
+            f"(b) densa serve --workers {workers} on loopback, {clients} clients, {seconds:.0f}s each, "
+            f"think {think_ms:.0f} ms:"
         )
         load(port, predict, clients, 1.0, think)  # warm up
         base = report("GET /api/health (baseline)", *load(port, health, clients, seconds, think))
@@ -172,6 +176,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
     ap.add_argument("--think-ms", type=float, default=0.0, help="pause after each answer, per client")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes; one phase each")
+    ap.add_argument("--skip-in-process", action="store_true")
     args = ap.parse_args()
     print(f"densa serve benchmarks · {os.cpu_count()} CPUs (shared with the load generator)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,8 +187,10 @@ def main() -> None:
                 [sys.executable, "-m", "densa", "train", "--out", str(run)], check=True, capture_output=True
             )
         png = canvas_png()
-        in_process(run, png)
-        serve_and_load(run, png, args.clients, args.seconds, args.think_ms)
+        if not args.skip_in_process:
+            in_process(run, png)
+        for workers in args.workers:
+            serve_and_load(run, png, args.clients, args.seconds, args.think_ms, workers)
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def _predict_images(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
 
-    serve(args.run, host=args.host, port=args.port, threads=args.threads)
+    serve(args.run, host=args.host, port=args.port, threads=args.threads, workers=args.workers)
     return 0
 
 
@@ -361,6 +361,7 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 opens it to your network)")
     p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per inference")
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -8,6 +8,7 @@ in the threadpool, off the event loop, with one torch thread per request.
 
 import base64
 import binascii
+import os
 import re
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
     from .predictor import classify
 
     pages = {path: (WEB.joinpath(name).read_bytes(), media) for path, (name, media) in PAGES.items()}
+    # inference threads: more than the cores only fight over the GIL; requests beyond wait their turn
+    workers = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
 
     class Prediction(BaseModel):
         predicted: int
@@ -153,7 +156,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
         try:
             body = await read_body(request)
             data = image_bytes(body, request.headers.get("content-type", ""))
-            answer = await anyio.to_thread.run_sync(infer, data, top_k)
+            answer = await anyio.to_thread.run_sync(infer, data, top_k, limiter=workers)
         except RequestError as e:
             return problem(e.status, e.code, e.detail)
         except TimeoutError:
@@ -189,8 +192,18 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
     return app
 
 
-def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
-    """Load the model at `path` and serve it until interrupted."""
+def app_from_env():
+    """The app for uvicorn's worker processes (`densa serve --workers N`): the run comes from the env."""
+    import torch
+
+    from .predictor import open_predictor
+
+    torch.set_num_threads(int(os.environ.get("DENSA_SERVE_THREADS", "1")))
+    return create_app(open_predictor(os.environ["DENSA_SERVE_RUN"]))
+
+
+def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, workers: int = 1) -> None:
+    """Load the model at `path` and serve it until interrupted (in `workers` processes if > 1)."""
     try:
         import uvicorn
     except ImportError:
@@ -200,7 +213,16 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> 
     from .predictor import open_predictor
 
     torch.set_num_threads(threads)
-    predictor = open_predictor(path)
-    app = create_app(predictor)
-    print(f"densa serve: {predictor.model_id} ({predictor.preprocess}) on http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+    predictor = open_predictor(path)  # fails here, with one line, on a bad RUN
+    print(
+        f"densa serve: {predictor.model_id} ({predictor.preprocess}) on http://{host}:{port}/"
+        + (f" ({workers} worker processes)" if workers > 1 else ""),
+        flush=True,
+    )
+    options = dict(host=host, port=port, log_level="warning", server_header=False)
+    if workers > 1:
+        os.environ["DENSA_SERVE_RUN"] = str(Path(path).resolve())
+        os.environ["DENSA_SERVE_THREADS"] = str(threads)
+        uvicorn.run("densa.serve:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(predictor), **options)
