@@ -93,3 +93,9 @@ def test_exactly_one_of_images_or_test_index(tiny_run, folder, capsys):
     for argv in (["predict", str(tiny_run)], ["predict", str(tiny_run), str(folder), "--test-index", "1"]):
         assert main(argv) == 1
         assert "exactly one of them" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_run_in_one_line(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope does not exist" in err
