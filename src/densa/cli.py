@@ -132,7 +132,9 @@ def _predict_test_index(args) -> int:
     probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
     label = int(ds.test_labels[i])
     if args.save_input:
-        _save_inputs(args.save_input, [(f"test-{i}", pixels)])
+        from .predictor import save_inputs
+
+        save_inputs(args.save_input, [(f"test-{i}", pixels)])
     if args.json:
         r = result(predictor, probs, args.top_k)
         print(json.dumps({"index": i, **r, "label": label, "label_class": ds.classes[label]}))
@@ -143,88 +145,32 @@ def _predict_test_index(args) -> int:
     return 0
 
 
-def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
-    """Each argument, or the images in each folder argument (sorted), as (path, error or None)."""
-    from pathlib import Path
-
-    from .images import EXTENSIONS
-
-    out = []
-    for arg in paths:
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS)
-            if not found:
-                out.append((arg, f"{arg}: folder has no {'/'.join(EXTENSIONS)} files"))
-            out += [(str(f), None) for f in found]
-        elif not p.exists():
-            out.append((arg, f"{arg}: no such file"))
-        else:
-            out.append((arg, None))
-    return out
-
-
-def _save_inputs(folder: str, items: list[tuple[str, object]]) -> None:
-    from pathlib import Path
-
-    from .data import write_atomic
-    from .images import to_png
-
-    used: set[str] = set()
-    for name, pixels in items:
-        stem, k = Path(name).stem, 2
-        target = f"{stem}.28x28.png"
-        while target in used:
-            target, k = f"{stem}-{k}.28x28.png", k + 1
-        used.add(target)
-        write_atomic(Path(folder) / target, to_png(pixels))
-
-
 def _predict_images(args) -> int:
-    import numpy as np
-
-    from .images import ImageError, prepare, read_image_file
-    from .predictor import open_predictor, result
+    from .predictor import open_predictor, predict_files, save_inputs
 
     predictor = open_predictor(args.run)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    entries = []  # (path, uint8 28x28 or None, error or None), in argument order
-    for path, error in image_files(args.images):
-        pixels = None
-        if error is None:
-            try:
-                pixels = prepare(read_image_file(path), predictor.preprocess, path)
-            except ImageError as e:
-                error = str(e)
-            except OSError as e:
-                error = f"{path}: {e.strerror or e}"
-        entries.append((path, pixels, error))
-    ok = [(path, pixels) for path, pixels, error in entries if error is None]
-    if ok:
-        probs = iter(predictor.predict_proba(np.stack([p for _, p in ok]).astype(np.float32) / 255))
-    failed = 0
-    for path, _, error in entries:
+    entries = predict_files(predictor, args.images, args.top_k)
+    for path, answer, _, error in entries:
         if error is not None:
-            failed += 1
-            error = " ".join(error.split())
             print(f"densa: error: {error}", file=sys.stderr, flush=True)
             if args.json:
                 print(json.dumps({"file": path, "error": error}), flush=True)
-            continue
-        r = result(predictor, next(probs), args.top_k)
-        if args.json:
-            print(json.dumps({"file": path, **r}), flush=True)
+        elif args.json:
+            print(json.dumps({"file": path, **answer}), flush=True)
         else:
-            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])
-            line = f"{path}: {r['predicted_class']} ({r['probability']:.3f})  top-{len(r['top_k'])}: {top}"
-            print(line, flush=True)
+            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top_k"])
+            p, k = answer["probability"], len(answer["top_k"])
+            print(f"{path}: {answer['predicted_class']} ({p:.3f})  top-{k}: {top}", flush=True)
+    ok = [(path, pixels) for path, _, pixels, error in entries if error is None]
     if args.save_input and ok:
-        _save_inputs(args.save_input, ok)
+        save_inputs(args.save_input, ok)
+    failed = len(entries) - len(ok)
     if failed:
-        raise DensaError(f"{failed} of {failed + len(ok)} image(s) could not be read (see above)")
+        raise DensaError(f"{failed} of {len(entries)} image(s) could not be read (see above)")
     return 0
 
 

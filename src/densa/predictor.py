@@ -4,7 +4,8 @@ A predictor has `classes` (names in column order), `preprocess` (a rule name fro
 `model_id` (a short stable id of the weights), `meta` (the checkpoint metadata) and
 `predict_proba(x)`: float32 (N, 28, 28) in [0, 1], light ink on black -> float32 (N, classes).
 `open_predictor(path)` opens a run folder or .safetensors file. `classify` and `result` turn an image's
-bytes into the JSON-ready answer both commands print or send.
+bytes into the JSON-ready answer both commands print or send; `predict_files` does it for
+`densa predict`'s files and folders.
 """
 
 from __future__ import annotations
@@ -79,3 +80,60 @@ def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tup
     pixels = prepare(data, predictor.preprocess, name)
     probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
     return result(predictor, probs, top_k), pixels
+
+
+def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument, or the images in each folder argument (sorted), as (path, error or None)."""
+    from .images import EXTENSIONS
+
+    out = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS)
+            if not found:
+                out.append((arg, f"{arg}: folder has no {'/'.join(EXTENSIONS)} files"))
+            out += [(str(f), None) for f in found]
+        else:
+            out.append((arg, None if p.exists() else f"{arg}: no such file"))
+    return out
+
+
+def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
+    """(path, answer, uint8 28x28, None) or (path, None, None, one-line error) per image, in order.
+
+    A bad file never stops the others; the good ones are classified in one batch."""
+    from .images import ImageError, prepare, read_image_file
+
+    entries = []
+    for path, error in image_files(paths):
+        pixels = None
+        if error is None:
+            try:
+                pixels = prepare(read_image_file(path), predictor.preprocess, path)
+            except ImageError as e:
+                error = str(e)
+            except OSError as e:
+                error = f"{path}: {e.strerror or e}"
+        entries.append((path, pixels, None if error is None else " ".join(error.split())))
+    ok = [pixels for _, pixels, error in entries if error is None]
+    probs = iter(predictor.predict_proba(np.stack(ok).astype(np.float32) / 255) if ok else [])
+    return [
+        (path, None, None, error) if error else (path, result(predictor, next(probs), top_k), pixels, None)
+        for path, pixels, error in entries
+    ]
+
+
+def save_inputs(folder: str | os.PathLike, items: list[tuple[str, np.ndarray]]) -> None:
+    """Write each (name, uint8 28x28) as FOLDER/<stem>.28x28.png, atomically; repeated stems get -2, -3."""
+    from .data import write_atomic
+    from .images import to_png
+
+    used: set[str] = set()
+    for name, pixels in items:
+        stem, k = Path(name).stem, 2
+        target = f"{stem}.28x28.png"
+        while target in used:
+            target, k = f"{stem}-{k}.28x28.png", k + 1
+        used.add(target)
+        write_atomic(Path(folder) / target, to_png(pixels))
