@@ -69,6 +69,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
     try:
         import anyio
         from fastapi import FastAPI, Query, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
         from pydantic import BaseModel
     except ImportError:
@@ -91,7 +92,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
         input_image: str  # data:image/png;base64 of the 28x28 the model saw
 
     class Problem(BaseModel):
-        error: str  # too_large | unsupported_format | bad_image | bad_data_url | no_digit | timeout
+        error: str  # too_large unsupported_format bad_image bad_data_url no_digit timeout bad_request
         detail: str
 
     class Health(BaseModel):
@@ -112,6 +113,11 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
 
     def problem(status: int, code: str, detail: str):
         return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=SECURITY_HEADERS)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request, exc):
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return problem(422, "bad_request", where)
 
     def infer(data: bytes, k: int) -> dict:
         answer, pixels = classify(predictor, data, "image", k)
