@@ -13,7 +13,7 @@ TORCH  := torch==2.13.0
 DENSA_DATA_DIR ?= $(firstword $(wildcard $(abspath ../shared/data)))
 export DENSA_DATA_DIR
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-serve clean
 
 run: $(VENV)/.installed
 	$(BIN)/densa train
@@ -33,6 +33,9 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_onnx.py
+
+bench-serve: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_serve.py
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)

@@ -65,3 +65,40 @@ def real_mnist(monkeypatch, real_cache):
     monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
     _real("mnist", monkeypatch)
     return data.load_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory, real_cache):
+    """(run folder, dataset): the default recipe trained once per session on the real MNIST files."""
+    from densa.config import ModelConfig, TrainConfig
+    from densa.train import run_training
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(real_cache))
+        _real("mnist", mp)
+        # DENSA_TEST_MNIST_RUN=DIR reuses a run trained by `densa train` (a shortcut while developing)
+        out = os.environ.get("DENSA_TEST_MNIST_RUN")
+        if not out:
+            out = tmp_path_factory.mktemp("mnist-run") / "run"
+            run_training(ModelConfig(), TrainConfig(), out=out, log=lambda *a: None)
+        return Path(out), data.load_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """An untrained 784-16-10 MLP saved as an MNIST checkpoint: for API and CLI tests that need any model."""
+    import torch
+
+    from densa.checkpoint import build_meta, dataset_meta, save
+    from densa.config import ModelConfig
+    from densa.models import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(hidden=(16,))
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    save(
+        build_model(config),
+        out / "model.safetensors",
+        build_meta(config, dataset_meta(data.DATASETS["mnist"])),
+    )
+    return out

@@ -104,7 +104,7 @@ def test_conv_parity(tmp_path):
     export_onnx(model.eval(), tmp_path / "cnn.onnx", meta)
     assert not torch.allclose(model.features[1].running_var, torch.ones(8))
     predictor = OnnxPredictor(tmp_path / "cnn.onnx")
-    assert predictor.model_id.startswith("mnist-smallcnn-")
+    assert predictor.model_id.startswith("mnist-smallcnn@")
     assert_parity(model, predictor)
 
 
@@ -112,7 +112,7 @@ def test_metadata_and_dynamic_batch(small):
     path, _ = small
     p = OnnxPredictor(path)
     assert p.classes == list("0123456789") and p.preprocess == "mnist"
-    assert re.fullmatch(r"mnist-mlp-[0-9a-f]{12}", p.model_id)
+    assert re.fullmatch(r"mnist-mlp@[0-9a-f]{12}", p.model_id)
     assert p.meta["model"]["hidden"] == [32] and p.meta["dataset"]["name"] == "mnist"
     assert p.meta["export"]["opset"] == 20 and p.meta["export"]["versions"]["densa"] == densa.__version__
     assert p.meta["input"]["dtype"] == "float32" and p.meta["input"]["range"] == [0, 1]
@@ -345,3 +345,38 @@ def test_parity_on_real_mnist(real_mnist, tmp_path):
     assert r_onnx["correct"] == r_torch["correct"] and abs(r_onnx["loss"] - r_torch["loss"]) < 1e-5
     assert r_torch["acc"] > 0.95
     print(f"onnx parity on MNIST test: max abs diff {worst}, acc {r_onnx['acc']:.4f}")
+
+
+def test_predict_images_and_serve_an_onnx_file_without_torch(exported, tmp_path, capsys):
+    """A deployed service can drop torch: `densa predict IMAGE` and `densa serve` take the .onnx file."""
+    from PIL import Image, ImageDraw
+
+    run, out = exported
+    img = tmp_path / "seven.png"
+    im = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(im).line([(70, 60), (200, 60), (120, 230)], fill=0, width=20)
+    im.save(img)
+    answers = []
+    for path in (run, out):
+        assert main(["predict", str(path), str(img), "--json"]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+    torch_a, onnx_a = answers
+    assert onnx_a["model"] == torch_a["model"] == f"run@{torch_a['model'].split('@')[1]}"
+    assert onnx_a["predicted"] == torch_a["predicted"]
+    for c, p in torch_a["probabilities"].items():
+        assert abs(onnx_a["probabilities"][c] - p) <= TOLERANCE
+
+    code = f"""
+import sys
+from starlette.testclient import TestClient
+from densa.predictor import open_predictor
+from densa.serve import create_app
+with TestClient(create_app(open_predictor({str(out)!r}))) as c:
+    body = open({str(img)!r}, "rb").read()
+    r = c.post("/api/predict", content=body, headers={{"content-type": "image/png"}})
+    health = c.get("/api/health")
+print(r.status_code, r.json()["model"], r.json()["predicted"], health.status_code, "torch" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["200", torch_a["model"], str(torch_a["predicted"]), "200", "False"]

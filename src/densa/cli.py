@@ -152,50 +152,74 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _load_onnx(args):
-    """An exported .onnx file and its dataset; inference runs in onnxruntime (torch only loads the data)."""
-    from .data import load_dataset
-    from .export import OnnxPredictor
-
-    predictor = OnnxPredictor(args.run)
-    return predictor, load_dataset(predictor.dataset, args.data_dir)
-
-
 def cmd_predict(args) -> int:
-    import torch
+    if (args.test_index is None) == (not args.images):
+        raise DensaError("pass image files or folders, or --test-index I (exactly one of them)")
+    if args.test_index is not None:
+        return _predict_test_index(args)
+    return _predict_images(args)
 
-    from .evaluate import format_prediction, predict_proba
-    from .export import is_onnx
 
-    onnx = is_onnx(args.run)
-    loaded, ds = _load_onnx(args) if onnx else _load_run(args)
+def _predict_test_index(args) -> int:
+    import numpy as np
+
+    from .data import load_dataset
+    from .evaluate import format_prediction
+    from .predictor import open_predictor, result
+
+    predictor = open_predictor(args.run)
+    ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
     i, n = args.test_index, len(ds.test_images)
     if not 0 <= i < n:
         raise DensaError(
             f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
         )
-    x = ds.test_images[i : i + 1]
-    probs = (
-        torch.from_numpy(loaded.predict_proba(x.numpy()))[0] if onnx else predict_proba(loaded.model, x)[0]
-    )
+    pixels = ds.test_images[i].numpy()
+    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
     label = int(ds.test_labels[i])
+    if args.save_input:
+        from .predictor import save_inputs
+
+        save_inputs(args.save_input, [(f"test-{i}", pixels)])
     if args.json:
-        k = int(probs.argmax())
-        print(
-            json.dumps(
-                {
-                    "index": i,
-                    "predicted": k,
-                    "predicted_class": ds.classes[k],
-                    "probability": float(probs[k]),
-                    "label": label,
-                    "label_class": ds.classes[label],
-                    "probabilities": {c: float(p) for c, p in zip(ds.classes, probs)},
-                }
-            )
-        )
+        r = result(predictor, probs, args.top_k)
+        print(json.dumps({"index": i, **r, "label": label, "label_class": ds.classes[label]}))
     else:
-        print(format_prediction(probs, i, label, ds.classes))
+        import torch
+
+        print(format_prediction(torch.from_numpy(probs), i, label, ds.classes))
+    return 0
+
+
+def _predict_images(args) -> int:
+    from .predictor import open_predictor, predict_files, save_inputs
+
+    predictor = open_predictor(args.run, threads=args.threads)
+    entries = predict_files(predictor, args.images, args.top_k)
+    for path, answer, _, error in entries:
+        if error is not None:
+            print(f"densa: error: {error}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"file": path, "error": error}), flush=True)
+        elif args.json:
+            print(json.dumps({"file": path, **answer}), flush=True)
+        else:
+            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top_k"])
+            p, k = answer["probability"], len(answer["top_k"])
+            print(f"{path}: {answer['predicted_class']} ({p:.3f})  top-{k}: {top}", flush=True)
+    ok = [(path, pixels) for path, _, pixels, error in entries if error is None]
+    if args.save_input and ok:
+        save_inputs(args.save_input, ok)
+    failed = len(entries) - len(ok)
+    if failed:
+        raise DensaError(f"{failed} of {len(entries)} image(s) could not be read (see above)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, threads=args.threads, workers=args.workers)
     return 0
 
 
@@ -348,13 +372,24 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
-        "predict", help="the tutorial's quick look at one test image", formatter_class=HelpFormatter
+        "predict",
+        help="classify image files (or look at one test image)",
+        formatter_class=HelpFormatter,
+        description="Classify your own images: each is prepared the way the model's dataset was made "
+        "(see `densa.images`), then classified. A folder predicts every image in it. With "
+        "--test-index, the tutorial's quick look at one test image instead.",
     )
     p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG/BMP/GIF/WebP files or folders")
     p.add_argument(
-        "--test-index", type=nonneg_int, required=True, metavar="I", help="index into the test split"
+        "--test-index", type=nonneg_int, default=None, metavar="I", help="index into the test split"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K", help="classes listed per image")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument(
+        "--save-input", metavar="DIR", help="write the 28x28 each image became (what the model saw) as PNG"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     data_dir_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -370,6 +405,20 @@ def build_parser() -> Parser:
     p.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX file to write")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="a web page to draw digits on, and a JSON API",
+        formatter_class=HelpFormatter,
+        description="Serve a drawing page at / and POST /api/predict (OpenAPI schema at /openapi.json). "
+        "Needs the serve extra: pip install 'densa[serve]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 opens it to your network)")
+    p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per inference")
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter

@@ -211,7 +211,8 @@ def export_onnx(
         "densa.version": __version__,
         "densa.classes": json.dumps(classes),
         "densa.preprocess": str(meta["dataset"].get("preprocess", "")),
-        "densa.model_id": f"{dataset}-{model_name}-{digest[:12]}",
+        # a run and its export answer with the same id (see densa.predictor.file_id)
+        "densa.model_id": (source or {}).get("model_id") or f"{dataset}-{model_name}@{digest[:12]}",
         **{f"densa.{k}": json.dumps(v) for k, v in full.items()},
     }
     onnx.helper.set_model_props(proto, props)
@@ -238,7 +239,11 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     out = check_out(out, force)
     _require("onnx", "onnxscript", "onnxruntime")
     ckpt = load(run)
-    source = {"file": str(ckpt.path), "sha256": hashlib.sha256(ckpt.path.read_bytes()).hexdigest()}
+    from .predictor import checkpoint_name, file_id
+
+    sha = hashlib.sha256(ckpt.path.read_bytes()).hexdigest()
+    model_id = file_id(ckpt.path, checkpoint_name(ckpt.path), sha)
+    source = {"file": str(ckpt.path), "sha256": sha, "model_id": model_id}
     summary = export_onnx(ckpt.model, out, ckpt.meta, force=force, source=source)
     return {**summary, "source": ckpt.path}
 
@@ -268,7 +273,7 @@ class OnnxPredictor:
     """A file written by `densa export`, run by onnxruntime: predict_proba(images) -> (N, classes).
 
     .classes (names, in column order), .preprocess (how a person's image becomes the 28x28 input),
-    .model_id ("<dataset>-<model>-<12 hex of the source checkpoint's sha256>"), .meta (the run's
+    .model_id (the source run's "<run name>@<12 hex of its model.safetensors' sha256>"), .meta (the run's
     metadata plus "export"). `threads` sets onnxruntime's intra-op threads (None: its default).
     """
 

@@ -1,0 +1,147 @@
+"""The small interface `densa predict` and `densa serve` use to ask a trained model about images.
+
+A predictor has `classes` (names in column order), `preprocess` (a rule name from densa.images.RULES),
+`model_id` (a short stable id of the weights), `meta` (the checkpoint metadata) and
+`predict_proba(x)`: float32 (N, 28, 28) in [0, 1], light ink on black -> float32 (N, classes).
+`open_predictor(path)` opens a run folder, .safetensors or .onnx file. `classify` and `result` turn an image's
+bytes into the JSON-ready answer both commands print or send; `predict_files` does it for
+`densa predict`'s files and folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def file_id(path: Path, name: str, sha256: str | None = None) -> str:
+    """'<name>@<first 12 hex of the file's sha256>': names a model and pins its exact bytes."""
+    if sha256 is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        sha256 = h.hexdigest()
+    return f"{name}@{sha256[:12]}"
+
+
+def checkpoint_name(path: Path) -> str:
+    """A run folder's name for its model.safetensors, else the file's stem."""
+    path = Path(path)
+    return path.parent.name if path.name == "model.safetensors" else path.stem
+
+
+class TorchPredictor:
+    """A densa checkpoint, in eval mode, behind the predictor interface."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import torch
+
+        from .checkpoint import load
+
+        if threads:
+            torch.set_num_threads(threads)
+        ckpt = load(path)
+        self.model = ckpt.model
+        self.meta = ckpt.meta
+        self.path = ckpt.path
+        self.classes = ckpt.classes
+        self.preprocess = self.meta["dataset"].get("preprocess") or "mnist"
+        self.model_id = file_id(ckpt.path, checkpoint_name(ckpt.path))
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
+
+
+def open_predictor(path: str | os.PathLike, threads: int | None = None):
+    """A predictor for a run folder, a .safetensors file or an exported .onnx file (onnxruntime, no torch)."""
+    from .export import OnnxPredictor, is_onnx
+
+    return OnnxPredictor(path, threads=threads) if is_onnx(path) else TorchPredictor(path, threads=threads)
+
+
+def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
+    """One image's answer: predicted class, its probability, the top k and every class's probability."""
+    order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
+    best = int(order[0])
+    return {
+        "predicted": best,
+        "predicted_class": predictor.classes[best],
+        "probability": float(probs[best]),
+        "top_k": [{"class": predictor.classes[int(k)], "probability": float(probs[k])} for k in order],
+        "probabilities": {c: float(p) for c, p in zip(predictor.classes, probs)},
+        "model": predictor.model_id,
+    }
+
+
+def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tuple[dict, np.ndarray]:
+    """Image bytes -> (answer, the uint8 28x28 the model saw). Raises densa.images.ImageError."""
+    from .images import prepare
+
+    pixels = prepare(data, predictor.preprocess, name)
+    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
+    return result(predictor, probs, top_k), pixels
+
+
+def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument, or the images in each folder argument (sorted), as (path, error or None)."""
+    from .images import EXTENSIONS
+
+    out = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS)
+            if not found:
+                out.append((arg, f"{arg}: folder has no {'/'.join(EXTENSIONS)} files"))
+            out += [(str(f), None) for f in found]
+        else:
+            out.append((arg, None if p.exists() else f"{arg}: no such file"))
+    return out
+
+
+def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
+    """(path, answer, uint8 28x28, None) or (path, None, None, one-line error) per image, in order.
+
+    A bad file never stops the others; the good ones are classified in one batch."""
+    from .images import ImageError, prepare, read_image_file
+
+    entries = []
+    for path, error in image_files(paths):
+        pixels = None
+        if error is None:
+            try:
+                pixels = prepare(read_image_file(path), predictor.preprocess, path)
+            except ImageError as e:
+                error = str(e)
+            except OSError as e:
+                error = f"{path}: {e.strerror or e}"
+        entries.append((path, pixels, None if error is None else " ".join(error.split())))
+    ok = [pixels for _, pixels, error in entries if error is None]
+    probs = iter(predictor.predict_proba(np.stack(ok).astype(np.float32) / 255) if ok else [])
+    return [
+        (path, None, None, error) if error else (path, result(predictor, next(probs), top_k), pixels, None)
+        for path, pixels, error in entries
+    ]
+
+
+def save_inputs(folder: str | os.PathLike, items: list[tuple[str, np.ndarray]]) -> None:
+    """Write each (name, uint8 28x28) as FOLDER/<stem>.28x28.png, atomically; repeated stems get -2, -3."""
+    from .data import write_atomic
+    from .images import to_png
+
+    used: set[str] = set()
+    for name, pixels in items:
+        stem, k = Path(name).stem, 2
+        target = f"{stem}.28x28.png"
+        while target in used:
+            target, k = f"{stem}-{k}.28x28.png", k + 1
+        used.add(target)
+        write_atomic(Path(folder) / target, to_png(pixels))
