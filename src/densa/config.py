@@ -94,6 +94,8 @@ class TrainConfig:
             raise DensaError(f"val split must be a fraction in (0, 1), got {self.val_split}")
         if self.weight_decay < 0 or self.shift < 0 or self.early_stop < 0 or self.momentum < 0:
             raise DensaError("weight decay, shift, early stop and momentum must not be negative")
+        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
+            raise DensaError("Nesterov needs --optimizer sgd with a --momentum above 0")
         if self.early_stop and not self.val_split:
             raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
 
