@@ -65,3 +65,11 @@ def real_mnist(monkeypatch, real_cache):
     monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
     _real("mnist", monkeypatch)
     return data.load_dataset("mnist")
+
+
+@pytest.fixture
+def real_fashion(monkeypatch, real_cache):
+    """The real Fashion-MNIST files (Debian's dataset-fashion-mnist: /usr/share/datasets/fashion-mnist)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
+    _real("fashion-mnist", monkeypatch)
+    return data.load_dataset("fashion-mnist")

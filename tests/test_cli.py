@@ -101,7 +101,10 @@ def test_predict_test_index(run, capsys):
         (["train", "--val-split", "0"], r"--val-split: expected a fraction in \(0, 1\)"),
         (["train", "--val-split", "1.5"], r"--val-split: expected a fraction in \(0, 1\)"),
         (["train", "--val-split", "nan"], r"--val-split: expected a fraction in \(0, 1\)"),
-        (["train", "--preset", "best"], r"--preset: invalid choice: 'best' \(choose from '?seed'?, '?mlp'?, '?cnn'?\)"),
+        (
+            ["train", "--preset", "best"],
+            r"--preset: invalid choice: 'best' \(choose from '?seed'?, '?mlp'?, '?cnn'?\)",
+        ),
         (["train", "--activation", "softmax"], r"--activation: invalid choice: 'softmax'"),
         (["train", "--optimizer", "rmsprop"], r"--optimizer: invalid choice: 'rmsprop'"),
         (["train", "--device", "tpu"], r"--device: invalid choice: 'tpu'"),

@@ -254,3 +254,17 @@ def test_val_split_early_stop_and_best_model(synth, tmp_path, capsys, monkeypatc
     val_idx = train_module.holdout(len(ds.train_images), 0.2, 0)[1]
     r = densa.evaluate(ckpt.model, ds.train_images[val_idx], ds.train_labels[val_idx])
     assert r["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_one_epoch_on_real_fashion_mnist(real_fashion, tmp_path, capsys):
+    """Training on Fashion-MNIST end to end (CI installs Debian's dataset-fashion-mnist)."""
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion-mnist", "--epochs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"fashion-mnist, 1 epoch of the seed recipe: test_acc {summary['test_acc']:.4f}")
+    assert summary["test_n"] == 10000 and summary["test_acc"] >= 0.80
+    assert "test_labels[0] = 9 (Ankle boot)" in text
+    assert densa.load(out).classes[0] == "T-shirt/top"

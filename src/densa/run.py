@@ -35,6 +35,7 @@ def default_out(config: TrainConfig, model: str = "mlp") -> Path:
 
 
 def prepare_out(out: Path) -> None:
+    """Refuse a folder that holds a run already (checked before loading anything; created later)."""
     if out.exists() and not out.is_dir():
         raise DensaError(f"--out {out} is a file; pass a folder for the run")
     taken = [n for n in RUN_FILES if (out / n).exists()]
@@ -43,7 +44,6 @@ def prepare_out(out: Path) -> None:
             f"--out {out} already holds a run ({', '.join(taken)}); pass a new folder, remove it, "
             f"or continue it with `densa train --resume {out}`"
         )
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def resume_configs(run: Path, state: dict, given: dict) -> tuple[ModelConfig, TrainConfig, str]:
@@ -141,6 +141,7 @@ def run_training(
         tr, va = holdout(len(x), config.val_split, config.seed)
         x, y, val = x[tr], y[tr], (x[va], y[va])
         log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {config.seed})")
+    out.mkdir(parents=True, exist_ok=True)
     ds_meta = dataset_meta(ds.spec)
     train_meta = {
         **config.to_dict(),
