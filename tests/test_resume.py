@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run killed (SIGKILL) or interrupted (SIGINT) mid-epoch and resumed ends with
 the same bits as one that never stopped; bad checkpoints and mismatched flags are refused in one line."""
 
+import importlib
 import json
 import os
 import signal
@@ -190,7 +191,7 @@ def test_resume_refuses_bad_folders_and_checkpoints(finished, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth, tmp_path, capsys, monkeypatch):
-    loop = sys.modules["densa.train"]  # the module (densa.train is the function)
+    loop = importlib.import_module("densa.train")  # the module (densa.train is the function)
     steps = 1000 // 128 + 1  # one epoch of the synthetic set at the default batch size
     real = loop.lr_at
     monkeypatch.setattr(loop, "lr_at", lambda s, t, c: real(s, t, c) if s < steps + 3 else float("nan"))
@@ -205,3 +206,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth, tmp_pat
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (out / "summary.json").exists()
     assert not [p for p in os.listdir(out) if p.startswith(".")]
+
+    # in the first epoch there is nothing to keep: no folder is left behind
+    monkeypatch.setattr(loop, "lr_at", lambda s, t, c: float("nan"))
+    errors_with(
+        capsys,
+        ["train", "--dataset", "synth", "--out", str(tmp_path / "run2")],
+        "(no epoch finished, nothing was saved)",
+    )
+    assert not (tmp_path / "run2").exists()

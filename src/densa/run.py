@@ -63,6 +63,8 @@ def resume_configs(run: Path, state: dict, given: dict) -> tuple[ModelConfig, Tr
                 f"{list(model_config.hidden)}) than {run}/model.safetensors ({saved['model']} "
                 f"{saved['hidden']}); it does not belong to this run"
             )
+    if "device" in given:  # the one setting that may change: where the rest of the run computes
+        config = replace(config, device=given.pop("device"))
     for key, value in given.items():
         if key == "preset":
             have = preset
@@ -180,8 +182,11 @@ def run_training(
         e.out = out
         raise
     except NonFiniteLoss as e:
-        kept = f"{out}/ keeps the checkpoint of epoch {e.epoch - 1}" if e.epoch > 1 else "no epoch was saved"
-        raise DensaError(f"{e} ({kept})") from None
+        if e.epoch > 1 or state is not None:
+            raise DensaError(f"{e} ({out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise DensaError(f"{e} (no epoch finished, nothing was saved)") from None
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)

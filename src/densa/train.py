@@ -32,7 +32,8 @@ class Interrupted(DensaError):
     """The loop stopped between two steps because `stop()` said so; its state was handed to on_state."""
 
     def __init__(self, epoch: int, step: int, steps: int):
-        super().__init__(f"interrupted in epoch {epoch} after step {step} of {steps}")
+        where = f"in epoch {epoch} after step {step} of {steps}" if step else f"after epoch {epoch - 1}"
+        super().__init__(f"interrupted {where}")
         self.epoch, self.step, self.steps = epoch, step, steps
 
 
