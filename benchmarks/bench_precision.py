@@ -1,6 +1,6 @@
 """bf16 autocast vs fp32: epoch time of densa's loop in both precisions, measured in the same run.
 
-    python benchmarks/bench_precision.py [--steps 20] [--rounds 3]
+    python benchmarks/bench_precision.py [--steps 10] [--rounds 3]
 
 For each model (the seed MLP, the mlp preset's MLP, the cnn preset's CNN) the same number of training
 steps runs in fp32 and in bf16, interleaved round by round so both see the same machine; the epoch time
@@ -33,7 +33,7 @@ def matmul_rate(dtype, n: int = 1024, seconds: float = 1.0) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20, help="training steps timed per precision and round")
+    ap.add_argument("--steps", type=int, default=10, help="training steps timed per precision and round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     args = ap.parse_args()
     os.environ["DENSA_FORCE_BF16"] = "1"
@@ -46,8 +46,8 @@ def main() -> None:
     from densa.models import build_model
     from densa.train import train
 
-    print(f"densa precision benchmark · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__}")
-    print(f"{torch.get_num_threads()} threads · fast bf16 on this CPU (AVX512-BF16/AMX): {cpu_bf16_is_fast()}")
+    print(f"bf16 vs fp32 · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__}")
+    print(f"{torch.get_num_threads()} threads · AVX512-BF16 or AMX here: {cpu_bf16_is_fast()}")
     fp32_rate, bf16_rate = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
     print(
         f"matmul 1024^3: fp32 {fp32_rate / 1e9:.1f} GFLOP/s, bf16 {bf16_rate / 1e9:.2f} GFLOP/s "
@@ -56,16 +56,16 @@ def main() -> None:
     ds = load_dataset("mnist")
     for preset in ("seed", "mlp", "cnn"):
         model_config, config = resolve(preset)
-        n = config.batch_size * args.steps
-        x, y = ds.train_images[:n], ds.train_labels[:n]
         times = {"fp32": [], "bf16": []}
-        for r in range(args.rounds + 1):  # round 0 warms up both
+        for r in range(args.rounds + 1):  # round 0 (two steps) warms up both
+            steps = args.steps if r else 2
+            x, y = ds.train_images[: config.batch_size * steps], ds.train_labels[: config.batch_size * steps]
             for precision in times:
                 torch.manual_seed(0)
                 model = build_model(model_config)
-                t = train(model, x, y, config, epochs=1, precision=precision, shift=config.shift)[0]["time"]
+                t = train(model, x, y, config, epochs=1, precision=precision)[0]["time"]
                 if r:
-                    times[precision].append(t / args.steps)
+                    times[precision].append(t / steps)
         steps = -(-len(ds.train_images) // config.batch_size)
         fp32, bf16 = (statistics.median(times[p]) * steps for p in ("fp32", "bf16"))
         print(
