@@ -106,10 +106,10 @@ PRESETS: dict[str, dict] = {
     "seed": {},
     "mlp": {
         "hidden": (1024, 1024),
-        "dropout": 0.2,
+        "dropout": 0.1,
         "optimizer": "adamw",
         "weight_decay": 0.05,
-        "lr": 2e-3,
+        "lr": 4e-3,
         "batch_size": 256,
         "schedule": "onecycle",
         "warmup": 0.2,
