@@ -268,3 +268,16 @@ def test_one_epoch_on_real_fashion_mnist(real_fashion, tmp_path, capsys):
     assert summary["test_n"] == 10000 and summary["test_acc"] >= 0.80
     assert "test_labels[0] = 9 (Ankle boot)" in text
     assert densa.load(out).classes[0] == "T-shirt/top"
+
+
+def test_api_preset_with_val_and_early_stop(synth):
+    ds = load_dataset("synth")
+    model_config, config = densa.resolve("mlp", hidden=(16,), epochs=2)
+    model = densa.build_model(model_config)
+    x, y = ds.train_images, ds.train_labels
+    history = densa.train(model, x[:800], y[:800], config, val=(x[800:], y[800:]), early_stop=5)
+    assert [r["epoch"] for r in history] == [1, 2] and {"val_loss", "val_acc", "best_epoch"} <= history[
+        0
+    ].keys()
+    with pytest.raises(densa.DensaError, match="early stopping watches the val loss"):
+        densa.train(model, x, y, config, early_stop=2)

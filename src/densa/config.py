@@ -96,8 +96,6 @@ class TrainConfig:
             raise DensaError("weight decay, shift, early stop and momentum must not be negative")
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise DensaError("Nesterov needs --optimizer sgd with a --momentum above 0")
-        if self.early_stop and not self.val_split:
-            raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
 
 
 # The tutorial's recipe is the dataclass defaults; the others were chosen with --val-split 0.1 only

@@ -102,6 +102,8 @@ def run_training(
     from .models import build_model, count_parameters
 
     config.check()
+    if config.early_stop and not config.val_split:
+        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     out = Path(out) if out is not None else default_out(config, model_config.model)

@@ -134,6 +134,8 @@ def train(
 
     config = replace(config or TrainConfig(), **overrides)
     config.check()
+    if config.early_stop and val is None:
+        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1) or pass val=")
     device = next(model.parameters()).device
     bf16 = resolve_precision(config.precision, device.type) == "bf16"
     images, labels = images.to(device), labels.to(device)
