@@ -117,7 +117,7 @@ PRESETS: dict[str, dict] = {
     },
     "cnn": {
         "model": "cnn",
-        "channels": (32, 64),
+        "channels": (16, 32, 64),
         "hidden": (128,),
         "dropout": 0.2,
         "optimizer": "adamw",
@@ -128,7 +128,7 @@ PRESETS: dict[str, dict] = {
         "warmup": 0.2,
         "label_smoothing": 0.1,
         "shift": 2,
-        "epochs": 8,
+        "epochs": 10,
     },
 }
 
