@@ -221,7 +221,7 @@ SETTINGS = ("preset", *MODEL_FIELDS, *TRAIN_FIELDS)  # argparse dests that only 
 
 
 def presets_help() -> str:
-    from .config import PRESETS
+    from .config import PRESET_DATASET_TWEAKS, PRESETS
 
     def show(v):
         return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -231,6 +231,9 @@ def presets_help() -> str:
     for name, values in PRESETS.items():
         if values:
             text = " ".join(f"{k}={show(v)}" for k, v in values.items())
+            for (preset, dataset), tweaks in PRESET_DATASET_TWEAKS.items():
+                if preset == name:
+                    text += f"; on {dataset}: " + " ".join(f"{k}={show(v)}" for k, v in tweaks.items())
             lines += textwrap.wrap(text, 96, initial_indent=f"  {name:<5} ", subsequent_indent=" " * 8)
     return "\n".join(lines)
 
