@@ -117,7 +117,11 @@ def cmd_train(args) -> int:
         again = ["densa", "train", "--resume", str(e.out)]
         again += ["--data-dir", args.data_dir] if args.data_dir else []
         again += ["--threads", str(args.threads)] if args.threads else []
-        print(f"\ndensa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}", file=sys.stderr)
+        newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
+        print(
+            f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
