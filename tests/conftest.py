@@ -102,3 +102,11 @@ def tiny_run(tmp_path_factory):
         build_meta(config, dataset_meta(data.DATASETS["mnist"])),
     )
     return out
+
+
+@pytest.fixture
+def real_fashion(monkeypatch, real_cache):
+    """The real Fashion-MNIST files (Debian's dataset-fashion-mnist: /usr/share/datasets/fashion-mnist)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
+    _real("fashion-mnist", monkeypatch)
+    return data.load_dataset("fashion-mnist")

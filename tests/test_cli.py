@@ -12,6 +12,7 @@ import densa
 from densa.cli import main
 from densa.data import load_dataset
 
+RUN_FILES = ["checkpoint.pt", "metrics.jsonl", "model.safetensors", "summary.json"]
 EPOCH_LINE = re.compile(r"^Epoch (\d+) - loss: \d+\.\d{4} - acc: [01]\.\d{4}( - .+)?$")
 
 
@@ -39,12 +40,14 @@ def test_train_prints_the_tutorial_flow(run):
 
 def test_run_folder_is_self_describing(run, synth):
     out, _ = run
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.safetensors", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # no wall-clock times in metrics.jsonl (they would break bit-identical reruns): summary.json has them
     assert [r["epoch"] for r in records] == [1, 2] and all(
-        {"loss", "acc", "time"} <= r.keys() for r in records
+        r.keys() == {"epoch", "loss", "acc"} for r in records
     )
     summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["epoch_times_s"]) == 2 and summary["preset"] == "seed"
     ckpt = densa.load(out)
     assert ckpt.meta["model"]["hidden"] == [512] and ckpt.meta["dataset"]["name"] == "synth"
     assert ckpt.classes == list("0123456789")
@@ -90,6 +93,24 @@ def test_predict_test_index(run, capsys):
         (["train", "--lr", "abc"], r"--lr: expected a positive number"),
         (["train", "--hidden", "512,x"], r"--hidden: expected comma-separated layer widths"),
         (["predict", "r", "--test-index", "-3"], r"--test-index: expected an integer >= 0"),
+        (["train", "--hidden", "64,,32"], r"--hidden: expected comma-separated layer widths"),
+        (["train", "--hidden", "0"], r"--hidden: layer widths must be positive"),
+        (["train", "--channels", "none"], r"--channels: expected comma-separated conv widths"),
+        (["train", "--dropout", "1"], r"--dropout: expected a number in \[0, 1\), got '1'"),
+        (["train", "--dropout", "-0.1"], r"--dropout: expected a number in \[0, 1\)"),
+        (["train", "--val-split", "0"], r"--val-split: expected a fraction in \(0, 1\)"),
+        (["train", "--val-split", "1.5"], r"--val-split: expected a fraction in \(0, 1\)"),
+        (["train", "--val-split", "nan"], r"--val-split: expected a fraction in \(0, 1\)"),
+        (
+            ["train", "--preset", "best"],
+            r"--preset: invalid choice: 'best' \(choose from '?seed'?, '?mlp'?, '?cnn'?\)",
+        ),
+        (["train", "--activation", "softmax"], r"--activation: invalid choice: 'softmax'"),
+        (["train", "--optimizer", "rmsprop"], r"--optimizer: invalid choice: 'rmsprop'"),
+        (["train", "--device", "tpu"], r"--device: invalid choice: 'tpu'"),
+        (["train", "--precision", "fp8"], r"--precision: invalid choice: 'fp8'"),
+        (["train", "--model", "resnet"], r"--model: invalid choice: 'resnet'"),
+        (["train", "--weight-decay", "-1"], r"--weight-decay: expected a number >= 0"),
         (["data", "nonsense"], r"invalid choice: 'nonsense'"),
     ],
 )
@@ -129,7 +150,7 @@ def test_bad_runs_and_indices(run, tmp_path, capsys):
     )
     errors_with(capsys, ["train", "--dataset", "synth", "--out", str(out)], r"already holds a run")
     errors_with(capsys, ["train", "--dataset", "nope"], r"unknown dataset 'nope'")
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.safetensors", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
 
 
 def test_tampered_checkpoint(run, tmp_path, capsys):
@@ -150,6 +171,10 @@ def test_data_info_and_verify(synth, capsys):
 def test_help_is_fast_and_shows_defaults():
     r = subprocess.run([sys.executable, "-m", "densa", "train", "--help"], capture_output=True, text=True)
     assert "(default: 128)" in r.stdout and "(default: 0.001)" in r.stdout and "(default: 5)" in r.stdout
+    assert "(default: 512)" in r.stdout and "(default: seed)" in r.stdout
+    assert re.search(r"^  mlp   hidden=1024,1024 ", r.stdout, re.M) and re.search(
+        r"^  cnn   model=cnn", r.stdout, re.M
+    )
     code = "import sys, densa, densa.cli; densa.cli.build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
@@ -158,3 +183,33 @@ def test_help_is_fast_and_shows_defaults():
 def test_console_script_and_module(tmp_path):
     r = subprocess.run([sys.executable, "-m", "densa", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"densa {densa.__version__}"
+
+
+def test_train_option_errors(synth, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synth", "--out", str(out)]
+    errors_with(capsys, [*argv, "--early-stop", "2"], r"early stopping watches the val loss; add --val-split")
+    errors_with(capsys, [*argv, "--optimizer", "sgd", "--nesterov", "--momentum", "0"], r"Nesterov needs")
+    if not torch.cuda.is_available():
+        errors_with(
+            capsys, [*argv, "--device", "cuda"], r"--device cuda is not available here .*--device cpu"
+        )
+    from densa import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda *a: {"avx2", "fma"})
+    monkeypatch.delenv(device.FORCE_BF16_ENV, raising=False)
+    errors_with(
+        capsys, [*argv, "--precision", "bf16", "--device", "cpu"], r"--precision bf16 is not supported here"
+    )
+    assert not out.exists()  # refused before anything was written
+
+
+def test_preset_values_and_explicit_flags(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synth", "--preset", "mlp", "--hidden", "32", "--epochs", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "preset: mlp · device: cpu · precision: fp32" in capsys.readouterr().out
+    meta = densa.load(out).meta
+    assert meta["model"]["hidden"] == [32] and meta["train"]["epochs"] == 1  # the flags
+    assert meta["model"]["dropout"] == 0.2 and meta["train"]["optimizer"] == "adamw"  # the preset
+    assert meta["train"]["preset"] == "mlp" and meta["train"]["precision_used"] == "fp32"

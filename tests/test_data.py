@@ -197,3 +197,15 @@ def test_write_atomic_leaves_a_normal_file_or_nothing(tmp_path):
         tmp.write_bytes(b"half")
         raise ZeroDivisionError
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.txt"]
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist_known_facts(real_fashion):
+    ds = real_fashion
+    assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
+    assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
+    assert torch.bincount(ds.test_labels).tolist() == [1000] * 10
+    assert ds.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    x = ds.train_images.double() / 255
+    assert round(x.mean().item(), 4) == ds.spec.mean == 0.2860
+    assert round(x.std().item(), 4) == ds.spec.std == 0.3530

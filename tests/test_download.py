@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -155,3 +156,80 @@ def test_data_download_command(remote, server, isolated, capsys):
     assert out.count(" ok ") == 4 and "downloaded" in out
     assert main(["data", "verify", "--dataset", "remote"]) == 0
     assert capsys.readouterr().out.count(" ok ") == 4
+
+
+# ------------------------------------------------------------------------- files known by their .gz checksum
+
+
+@pytest.fixture
+def gz_only(monkeypatch, server):
+    """Like `remote`, but the table knows only the md5 of each .gz as served (as for KMNIST)."""
+    x, y = make_images(40, 0)
+    xt, yt = make_images(10, 1)
+    raw = {
+        "train_images": idx_bytes(x),
+        "train_labels": idx_bytes(y),
+        "test_images": idx_bytes(xt),
+        "test_labels": idx_bytes(yt),
+    }
+    gz = {FILE_NAMES[k]: gzip.compress(b, mtime=0) for k, b in raw.items()}
+    files = {
+        k: data.DataFile(FILE_NAMES[k], len(b), None, "md5:" + hashlib.md5(gz[FILE_NAMES[k]]).hexdigest())
+        for k, b in raw.items()
+    }
+    spec = dataclasses.replace(
+        spec_for("remote", raw), **files, mirrors=(server.url + "/a/", server.url + "/b/")
+    )
+    monkeypatch.setitem(data.DATASETS, "remote", spec)
+    return spec, gz
+
+
+def test_gz_only_download_keeps_the_verified_gz(gz_only, server, isolated):
+    spec, gz = gz_only
+    name = FILE_NAMES["train_images"]
+    recompressed = gzip.compress(gzip.decompress(gz[name]), compresslevel=1, mtime=0)
+    serve_all(server, "a", gz, **{name: (200, recompressed, None)})  # same content, other .gz bytes
+    serve_all(server, "b", gz)
+    ds = load_dataset("remote")
+    assert ds.train_labels.tolist() == make_images(40, 0)[1].tolist()
+    assert f"/b/{name}.gz" in server.hits
+    assert leftovers(isolated) == sorted(n + ".gz" for n in FILE_NAMES.values())
+    assert (isolated / "densa" / "remote" / (name + ".gz")).read_bytes() == gz[name]
+    hits = len(server.hits)
+    load_dataset("remote")  # offline now: the cached .gz is re-verified and decompressed
+    assert len(server.hits) == hits
+
+    # a decompressed copy cannot be verified: refused, with what to do
+    (isolated / "densa" / "remote" / (name + ".gz")).unlink()
+    (isolated / "densa" / "remote" / name).write_bytes(gzip.decompress(gz[name]))
+    with pytest.raises(DataError, match=r"cannot verify a decompressed remote file .*put the original"):
+        load_dataset("remote")
+
+
+def test_kmnist_row(monkeypatch, server, isolated):
+    spec = data.DATASETS["kmnist"]
+    assert spec.classes == ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+    assert spec.mirrors == ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",)
+    published = {  # rois-codh/kmnist's README (and ../shared/data/README.md)
+        "train_images": "md5:bdb82020997e1d708af4cf47b453dcf7",
+        "train_labels": "md5:e144d726b3acfaa3e44228e80efcd344",
+        "test_images": "md5:5c965bf0a639b31b8f53240b1b52f4d7",
+        "test_labels": "md5:7320c461ea6c1c855c0b718fb2a4b134",
+    }
+    assert {k: f.gz_checksum for k, f in spec.files.items()} == published
+    assert all(f.checksum is None and f.gz_only for f in spec.files.values())
+    assert [f.size for f in spec.files.values()] == [47040016, 60008, 7840016, 10008]
+
+    # the row's own checksums against a mirror serving something else: refused, nothing kept
+    monkeypatch.setitem(data.DATASETS, "kmnist", dataclasses.replace(spec, mirrors=(server.url + "/k/",)))
+    fake = gzip.compress(idx_bytes(make_images(10, 0)[1]))
+    server.routes["/k/train-labels-idx1-ubyte.gz"] = (200, fake, None)
+    with pytest.raises(DataError, match=r"checksum mismatch of the .gz \(expected md5:e144d726"):
+        data.download(data.DATASETS["kmnist"], spec.train_labels)
+    assert not list((isolated / "densa" / "kmnist").iterdir())
+
+
+def test_fashion_mnist_row():
+    spec = data.DATASETS["fashion-mnist"]
+    assert spec.classes[0] == "T-shirt/top" and spec.classes[9] == "Ankle boot" and len(spec.classes) == 10
+    assert all(f.checksum.startswith("sha256:") for f in spec.files.values())

@@ -141,3 +141,59 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         ) from None
     model.eval()
     return Checkpoint(model=model, meta=meta, path=file)
+
+
+# --------------------------------------------------------------------------- resume state
+
+STATE_FORMAT = "densa.state.v1"
+STATE_FILE = "checkpoint.pt"
+
+
+def save_state(path: str | os.PathLike, state: dict) -> Path:
+    """Write the training loop's state (plain tensors, numbers, lists and dicts) atomically.
+
+    The file is a torch.save of {"format", "sha256", "state"}: "state" holds the bytes of torch.save(state)
+    as a uint8 tensor, so a truncated or modified file is caught by its digest before anything is used.
+    """
+    import hashlib
+    import io
+
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    raw = buf.getvalue()
+    blob = {
+        "format": STATE_FORMAT,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "state": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return path
+
+
+def load_state(run: str | os.PathLike) -> dict:
+    """The state saved by save_state in a run folder (or a checkpoint.pt path), loaded with weights_only."""
+    import hashlib
+    import io
+
+    run = Path(run)
+    file = run / STATE_FILE if run.is_dir() else run
+    if not run.exists():
+        raise CheckpointError(f"{run} does not exist; pass the run folder `densa train` wrote")
+    if not file.is_file():
+        raise CheckpointError(
+            f"{run} has no {STATE_FILE} to resume from (densa train writes one after each epoch); "
+            f"start a new run instead"
+        )
+    damaged = f"{file} is damaged (truncated or modified"
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a complete torch.save zip
+        raise CheckpointError(f"{damaged}: {' '.join(str(e).split())[:120]}); start a new run") from None
+    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{file} is not a densa training checkpoint (no '{STATE_FORMAT}' format)")
+    raw = blob["state"].numpy().tobytes()
+    if hashlib.sha256(raw).hexdigest() != blob.get("sha256"):
+        raise CheckpointError(f"{damaged}: its sha256 does not match); start a new run")
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)

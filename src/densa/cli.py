@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import textwrap
+from pathlib import Path
 
 from . import __version__
+from .config import ModelConfig, TrainConfig, field_names
 from .errors import DensaError
+
+MODEL_FIELDS = field_names(ModelConfig)
+TRAIN_FIELDS = field_names(TrainConfig)
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +53,9 @@ def _number(kind, test, what):
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1), e.g. 0.1")
 
 
 def int_list(s: str) -> tuple[int, ...]:
@@ -63,21 +73,41 @@ def int_list(s: str) -> tuple[int, ...]:
     return sizes
 
 
+def channel_list(s: str) -> tuple[int, ...]:
+    sizes = int_list(s)
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected comma-separated conv widths like 32,64, got {s!r}")
+    return sizes
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_train(args) -> int:
     import torch
 
-    from .config import ModelConfig, TrainConfig
-    from .train import run_training
+    from .config import PRESETS, resolve
+    from .run import resume_configs, run_training
+    from .train import Interrupted
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config = ModelConfig(hidden=args.hidden)
-    config = TrainConfig(
-        dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
+    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
+    print(f"densa {__version__} · torch {torch.__version__}")
+    state = None
+    if args.resume:
+        from .checkpoint import load_state
+
+        if args.out:
+            raise DensaError(f"--resume continues {args.resume} in place; drop --out")
+        state = load_state(args.resume)
+        model_config, config, preset = resume_configs(Path(args.resume), state, given)
+        out = Path(args.resume)
+    else:
+        preset = given.pop("preset", "seed")
+        model_config, config = resolve(preset, **given)
+        out = args.out
+    assert preset in PRESETS
     if args.report:  # fail before training, not after it
         from .plots import require_matplotlib
 
@@ -86,8 +116,21 @@ def cmd_train(args) -> int:
         from .tensorboard_log import require_tensorboard
 
         require_tensorboard()
-    print(f"densa {__version__} · torch {torch.__version__}")
-    r = run_training(model_config, config, out=args.out, data_dir=args.data_dir, progress=sys.stdout.isatty())
+    try:
+        r = run_training(
+            model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
+            preset=preset, state=state,
+        )  # fmt: skip
+    except Interrupted as e:
+        again = ["densa", "train", "--resume", str(e.out)]
+        again += ["--data-dir", args.data_dir] if args.data_dir else []
+        again += ["--threads", str(args.threads)] if args.threads else []
+        newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
+        print(
+            f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+            file=sys.stderr,
+        )
+        return 130
     if args.tensorboard:
         from .tensorboard_log import write_scalars
 
@@ -269,7 +312,7 @@ def cmd_data(args) -> int:
                     path = download(spec, f)
                     where = f"downloaded: {path}"
                 load_file(spec, key, args.data_dir, allow_download=False)
-                print(f"  {f.name:<26} ok  {f.checksum[:19]}…  {where}")
+                print(f"  {f.name:<26} ok  {(f.checksum or f.gz_checksum)[:19]}…  {where}")
             except DensaError as e:
                 failed += 1
                 print(f"  {f.name:<26} FAILED  {e}")
@@ -283,8 +326,42 @@ def cmd_data(args) -> int:
 # --------------------------------------------------------------------------- the parser
 
 
+SETTINGS = ("preset", *MODEL_FIELDS, *TRAIN_FIELDS)  # argparse dests that only exist when given
+
+
+def presets_help() -> str:
+    from .config import PRESET_DATASET_TWEAKS, PRESETS
+
+    def show(v):
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    lines = ["presets (--preset NAME; explicit flags override the preset's values):"]
+    lines.append("  seed  the tutorial's recipe: the defaults shown below")
+    for name, values in PRESETS.items():
+        if values:
+            text = " ".join(f"{k}={show(v)}" for k, v in values.items())
+            for (preset, dataset), tweaks in PRESET_DATASET_TWEAKS.items():
+                if preset == name:
+                    text += f"; on {dataset}: " + " ".join(f"{k}={show(v)}" for k, v in tweaks.items())
+            lines += textwrap.wrap(text, 96, initial_indent=f"  {name:<5} ", subsequent_indent=" " * 8)
+    return "\n".join(lines)
+
+
+def settings_adder(p, mdef, tdef):
+    """A config field's flag: absent unless given (so a preset can fill it); help shows the default."""
+
+    def add(flag, default=None, help="", **kw):
+        dest = flag[2:].replace("-", "_")
+        if default is None:
+            value = getattr(mdef, dest) if dest in MODEL_FIELDS else getattr(tdef, dest)
+            default = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {default})", **kw)
+
+    return add
+
+
 def build_parser() -> Parser:
-    from .config import ModelConfig, TrainConfig
+    from .config import ACTIVATIONS, DEVICES, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
 
     mdef, tdef = ModelConfig(), TrainConfig()
     parser = Parser(
@@ -315,21 +392,43 @@ def build_parser() -> Parser:
         help="train a model and write a run folder",
         formatter_class=HelpFormatter,
         description="Train a network; with no flags, the seed tutorial's recipe (784-512-10 MLP, "
-        "Adam 1e-3, batch 128, 5 epochs).",
+        "Adam 1e-3, batch 128, 5 epochs).\n\n" + presets_help(),
     )
-    p.add_argument("--dataset", default=tdef.dataset, help="dataset name")
+    setting = settings_adder(p, mdef, tdef)
+    setting("--preset", choices=list(PRESETS), default="seed", help="named set of defaults (see above)")
+    setting("--dataset", help="dataset name")
     data_dir_arg(p)
-    p.add_argument("--epochs", type=positive_int, default=tdef.epochs, help="passes over the training set")
-    p.add_argument("--batch-size", type=positive_int, default=tdef.batch_size, help="images per step")
-    p.add_argument("--lr", type=positive_float, default=tdef.lr, help="learning rate")
-    p.add_argument(
+    setting("--model", choices=list(MODELS), help="architecture")
+    setting(
         "--hidden",
         type=int_list,
-        default=mdef.hidden,
         metavar="W[,W...]",
-        help="hidden layer widths, e.g. 512,256 ('none' for a linear model)",
+        help="hidden layer widths, e.g. 512,256 ('none' for a linear model; cnn: the head after the convs)",
     )
-    p.add_argument("--seed", type=nonneg_int, default=tdef.seed, help="seed for weight init and shuffling")
+    setting("--channels", type=channel_list, metavar="C[,C...]", help="cnn: conv widths, one block each")
+    setting("--activation", choices=list(ACTIVATIONS), help="hidden activation")
+    setting("--dropout", type=probability, metavar="P", help="dropout after each dense hidden layer")
+    setting("--epochs", type=positive_int, help="passes over the training set")
+    setting("--batch-size", type=positive_int, help="images per step")
+    setting("--lr", type=positive_float, help="(peak) learning rate")
+    setting("--optimizer", choices=list(OPTIMIZERS), help="optimiser")
+    setting("--momentum", type=nonneg_float, metavar="M", help="sgd momentum")
+    setting("--nesterov", action=argparse.BooleanOptionalAction, help="sgd: Nesterov momentum")
+    setting(
+        "--weight-decay",
+        type=nonneg_float,
+        metavar="W",
+        help="L2 (adam, sgd) or decoupled (adamw) weight decay",
+    )
+    setting("--schedule", choices=list(SCHEDULES), help="LR schedule after the warm-up")
+    setting("--warmup", type=probability, metavar="F", help="fraction of all steps spent ramping the LR up")
+    setting("--label-smoothing", type=probability, metavar="E", help="label smoothing of the cross-entropy")
+    setting("--shift", type=nonneg_int, metavar="PX", help="augment: random shifts of up to +-PX pixels")
+    setting("--val-split", type=fraction, metavar="F", help="hold out this fraction of train for validation")
+    setting("--early-stop", type=nonneg_int, metavar="N", help="stop after N epochs without a lower val loss")
+    setting("--precision", choices=list(PRECISIONS), help="fp32, bf16 autocast, or bf16 only where fast")
+    setting("--device", choices=list(DEVICES), help="where to train")
+    setting("--seed", type=nonneg_int, help="seed for weight init, shuffling, augmentation, val split")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument(
         "--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)"
@@ -343,6 +442,9 @@ def build_parser() -> Parser:
         "--tensorboard",
         action="store_true",
         help="write the per-epoch scalars to RUN/tensorboard/ at the end (extra: tensorboard)",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
     p.set_defaults(func=cmd_train)
 

@@ -36,7 +36,14 @@ class DataError(DensaError):
 class DataFile:
     name: str  # decompressed file name; mirrors serve name + ".gz"
     size: int  # bytes, decompressed
-    checksum: str  # "sha256:<hex>" or "md5:<hex>" of the decompressed bytes
+    checksum: str | None  # "sha256:<hex>" or "md5:<hex>" of the decompressed bytes; None = unpublished
+    # Only where the decompressed checksum is unknown: the checksum of the .gz exactly as the mirrors
+    # serve it. Such a file is downloaded, kept and verified as that .gz (a recompressed copy fails).
+    gz_checksum: str | None = None
+
+    @property
+    def gz_only(self) -> bool:
+        return self.checksum is None
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,16 @@ class DatasetSpec:
         }
 
 
-def _idx_files(checksums: dict[str, str]) -> dict[str, DataFile]:
-    """The four canonical IDX files of a 60k/10k, 28x28 dataset, with their checksums."""
+def _idx_files(checksums: dict[str, str], gz: bool = False) -> dict[str, DataFile]:
+    """The four canonical IDX files of a 60k/10k, 28x28 dataset, with their (gz=True: .gz) checksums."""
     names = {
         "train_images": ("train-images-idx3-ubyte", 16 + 60000 * 784),
         "train_labels": ("train-labels-idx1-ubyte", 8 + 60000),
         "test_images": ("t10k-images-idx3-ubyte", 16 + 10000 * 784),
         "test_labels": ("t10k-labels-idx1-ubyte", 8 + 10000),
     }
+    if gz:
+        return {k: DataFile(name, size, None, checksums[k]) for k, (name, size) in names.items()}
     return {k: DataFile(name, size, checksums[k]) for k, (name, size) in names.items()}
 
 
@@ -91,6 +100,56 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple("0123456789"),
         mean=0.1307,
         std=0.3081,
+        preprocess="mnist",
+    ),
+    # sha256 computed here from Debian's dataset-fashion-mnist files after checking that their
+    # decompressed md5s equal the ones zalandoresearch/fashion-mnist publishes for the raw files
+    # (f4a8712d..., 9018921c..., 8181f547..., 15d48437...).
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        **_idx_files(
+            {
+                "train_images": "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "train_labels": "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "test_images": "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "test_labels": "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            }
+        ),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        mean=0.2860,
+        std=0.3530,
+        preprocess="fashion",
+    ),
+    # Kuzushiji-MNIST (rois-codh/kmnist): only the md5s of the .gz files are published (the same values
+    # torchvision's KMNIST uses), so those files are verified as served and kept compressed. mean/std:
+    # the values quoted for its training set (not recomputed here: the files are not on this machine).
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        **_idx_files(
+            {
+                "train_images": "md5:bdb82020997e1d708af4cf47b453dcf7",
+                "train_labels": "md5:e144d726b3acfaa3e44228e80efcd344",
+                "test_images": "md5:5c965bf0a639b31b8f53240b1b52f4d7",
+                "test_labels": "md5:7320c461ea6c1c855c0b718fb2a4b134",
+            },
+            gz=True,
+        ),
+        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        mean=0.1918,
+        std=0.3483,
         preprocess="mnist",
     ),
 }
@@ -144,10 +203,12 @@ def checksum_ok(data: bytes | bytearray | memoryview, checksum: str) -> bool:
     return hashlib.new(algo, data).hexdigest() == expected
 
 
-def gunzip(path: Path) -> bytearray:
+def gunzip(path: Path, raw: bytes | None = None) -> bytearray:
+    """The decompressed content of the gzip file at `path` (or of its bytes `raw`, already read)."""
     try:
-        with open(path, "rb") as fh:
-            return bytearray(gzip.decompress(fh.read()))
+        if raw is None:
+            raw = path.read_bytes()
+        return bytearray(gzip.decompress(raw))
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a complete gzip file ({e})") from None
 
@@ -194,6 +255,8 @@ def read_file(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearr
     A .gz is decompressed once; the verified result is kept in the user cache, where later loads
     find it without unpacking again (the cache copy is itself re-verified each time: hashing is cheap).
     """
+    if f.gz_only:
+        return _read_gz_only(spec, f, label, path)
     memo = cache_dir() / spec.name / f.name
     if path.suffix == ".gz":
         if memo.is_file() and memo != path:
@@ -216,8 +279,31 @@ def read_file(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearr
     return data
 
 
+def _read_gz_only(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearray:
+    """A file known only by the checksum of its .gz: verify that .gz, then decompress it (no cache copy)."""
+    algo = f.gz_checksum.split(":", 1)[0]
+    if path.suffix != ".gz":
+        raise DataError(
+            f"{path}: densa cannot verify a decompressed {spec.name} file (only the {algo} of "
+            f"{f.name}.gz is published); put the original {f.name}.gz there instead"
+        )
+    raw = path.read_bytes()
+    if not checksum_ok(raw, f.gz_checksum):
+        raise DataError(
+            f"{path}: checksum mismatch, this is not {spec.name}'s {f.name}.gz as published "
+            f"({f.gz_checksum}); {_fix_hint(spec, label)}"
+        )
+    data = gunzip(path, raw)
+    if len(data) != f.size:
+        raise DataError(f"{path}: decompresses to {len(data):,} bytes, expected {f.size:,}")
+    return data
+
+
 def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """Fetch f.name + '.gz' from the first mirror that serves a verified copy; returns the cached file."""
+    """Fetch f.name + '.gz' from the first mirror that serves a verified copy; returns the cached file.
+
+    The cache keeps the decompressed file, or for a gz-only file (see DataFile) the verified .gz.
+    """
     from tqdm import tqdm
 
     dest = cache_dir() / spec.name / f.name
@@ -237,6 +323,12 @@ def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) 
                         bar.update(len(chunk))
                 if total is not None and got != total:
                     raise DataError(f"connection closed after {got:,} of {total:,} bytes")
+            if f.gz_only:
+                if not checksum_ok(Path(tmp).read_bytes(), f.gz_checksum):
+                    raise DataError(f"checksum mismatch of the .gz (expected {f.gz_checksum})")
+                gunzip(Path(tmp))  # complete?
+                os.replace(tmp, dest.with_name(f.name + ".gz"))
+                return dest.with_name(f.name + ".gz")
             data = gunzip(Path(tmp))
             if not checksum_ok(data, f.checksum):
                 raise DataError("checksum mismatch after decompressing")

@@ -1,4 +1,4 @@
-"""The networks: an MLP built from a list of layer sizes, and build_model(config) for checkpoints.
+"""The networks: an MLP built from a list of layer sizes, a small CNN, and build_model(config).
 
 Models take images scaled to [0, 1] — (N, 28, 28), (N, 1, 28, 28) or (N, 784) — and return logits
 (N, classes). Softmax and the loss live outside the model, which keeps export and predict_proba simple.
@@ -25,8 +25,7 @@ class MLP(nn.Module):
         super().__init__()
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
             raise DensaError(f"MLP sizes must be two or more positive integers, got {list(sizes)}")
-        if activation not in ACTIVATIONS:
-            raise DensaError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        check_layer_options(activation, dropout)
         self.sizes = [int(s) for s in sizes]
         self.normalize = tuple(normalize) if normalize is not None else None
         layers: list[nn.Module] = []
@@ -46,11 +45,73 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class CNN(nn.Module):
+    """Conv blocks, then a dense head: the image is reshaped to (N, 1, 28, 28) first.
+
+    CNN(channels=(16, 32, 64), hidden=(128,)) (the cnn preset) is
+        Conv2d(1, 16, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)    28x28 -> 14x14
+        Conv2d(16, 32, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   14x14 -> 7x7
+        Conv2d(32, 64, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   7x7 -> 3x3
+        Flatten -> Linear(64*3*3, 128) -> ReLU -> Dropout -> Linear(128, classes)
+    (the convolutions have no bias: the BatchNorm after each one has its own).
+    """
+
+    def __init__(
+        self,
+        channels=(32, 64),
+        hidden=(128,),
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        normalize=None,
+    ):
+        super().__init__()
+        check_layer_options(activation, dropout)
+        if not 1 <= len(channels) <= 4 or any(int(c) < 1 for c in channels):
+            raise DensaError(f"CNN channels must be 1 to 4 positive integers, got {list(channels)}")
+        self.normalize = tuple(normalize) if normalize is not None else None
+        layers: list[nn.Module] = []
+        c_in, side = 1, 28
+        for c in channels:
+            layers += [
+                nn.Conv2d(c_in, int(c), kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(int(c)),
+                ACTIVATIONS[activation](),
+                nn.MaxPool2d(2),
+            ]
+            c_in, side = int(c), side // 2
+        self.features = nn.Sequential(*layers)
+        self.head = MLP([c_in * side * side, *hidden, num_classes], activation, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, 28, 28)
+        if self.normalize is not None:
+            mean, std = self.normalize
+            x = (x - mean) / std
+        return self.head(self.features(x))
+
+
+def check_layer_options(activation: str, dropout: float) -> None:
+    if activation not in ACTIVATIONS:
+        raise DensaError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    if not 0 <= dropout < 1:
+        raise DensaError(f"dropout must be a probability in [0, 1), got {dropout}")
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     if config.model == "mlp":
         sizes = [config.in_features, *config.hidden, config.num_classes]
         return MLP(sizes, config.activation, config.dropout, config.normalize)
-    raise DensaError(f"unknown model {config.model!r}; choose mlp")
+    if config.model == "cnn":
+        return CNN(
+            config.channels,
+            config.hidden,
+            config.num_classes,
+            config.activation,
+            config.dropout,
+            config.normalize,
+        )
+    raise DensaError(f"unknown model {config.model!r}; choose mlp or cnn")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,30 +1,107 @@
 """Training: the explicit loop, and the `densa train` job that writes a run folder.
 
 The loop keeps the whole dataset as uint8 tensors; each epoch draws one seeded permutation and takes
-batches by index slicing (no DataLoader): forward -> cross_entropy on logits -> backward -> step.
-`run_training` wraps it the way `densa train` uses it: load data, build, train, evaluate, save.
+batches by index slicing (no DataLoader): [shift] -> forward -> cross_entropy on logits -> backward ->
+step. Randomness comes only from the seeded generator (shuffling, shifts) and torch's seeded global RNG
+(init, dropout), and the loop's whole state can be saved after any step, so a resumed run ends with the
+same bits as one that never stopped. densa.run wraps it the way `densa train` uses it.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import math
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, TrainConfig
+from .config import TrainConfig
 from .errors import DensaError
+
+
+class NonFiniteLoss(DensaError):
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch  # the epoch it happened in; the last good state is the end of the one before
+
+
+class Interrupted(DensaError):
+    """The loop stopped between two steps because `stop()` said so; its state was handed to on_state."""
+
+    def __init__(self, epoch: int, step: int, steps: int):
+        where = f"in epoch {epoch} after step {step} of {steps}" if step else f"after epoch {epoch - 1}"
+        super().__init__(f"interrupted {where}")
+        self.epoch, self.step, self.steps = epoch, step, steps
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = list(model.parameters())
     # The fused kernel updates all parameters in one pass: ~40% of the tutorial's epoch time on CPU.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-    return torch.optim.Adam(params, lr=config.lr, fused=fused or None)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params) or None
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+            fused=fused,
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total`: linear warm-up, then the schedule."""
+    warm = int(config.warmup * total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if config.schedule == "constant":
+        return config.lr
+    p = (step - warm) / max(total - warm, 1)  # 0 -> 1 over the steps after the warm-up
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * p))
+    return config.lr * (1 - p)  # onecycle: straight down to 0
+
+
+def random_shift(images: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
+    """Move each image (B, 28, 28) by its own (dy, dx) in [-shift, shift] pixels, filling with 0."""
+    b, h, w = images.shape
+    dev = images.device
+    d = torch.randint(-shift, shift + 1, (2, b, 1), generator=g).to(dev)
+    padded = F.pad(images, (shift, shift, shift, shift))
+    rows = torch.arange(h, device=dev) + shift - d[0]  # (B, h): source row of each output row
+    cols = torch.arange(w, device=dev) + shift - d[1]
+    return padded[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of range(n) into (train, val) index tensors, each in ascending order."""
+    n_val = round(n * fraction)
+    if not 1 <= n_val < n:
+        raise DensaError(f"--val-split {fraction} of {n:,} images leaves an empty train or val set")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))  # not the shuffle stream
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def new_loop() -> dict:
+    """The loop's own counters; with model, optimiser and RNG states they make a resumable state."""
+    return {
+        "epoch": 0,  # epochs completed
+        "step": 0,  # steps done in the epoch after `epoch` (non-zero only when stopped mid-epoch)
+        "global_step": 0,
+        "perm": None,  # that epoch's permutation, when stopped mid-epoch
+        "loss_sum": 0.0,
+        "correct": 0,
+        "history": [],  # one record per completed epoch
+        "best_val_loss": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,  # epochs since the val loss last improved
+        "stopped": False,  # early stopping ended the run
+    }
 
 
 def train(
@@ -33,154 +110,148 @@ def train(
     labels: torch.Tensor,
     config: TrainConfig | None = None,
     *,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    state: dict | None = None,
     on_epoch=None,
+    on_state=None,
+    stop=None,
     progress: bool = False,
     **overrides,
 ) -> list[dict]:
     """Train `model` in place on uint8 `images` (N, 28, 28) and int64 `labels`; returns per-epoch records.
 
-    `overrides` replace fields of `config` (e.g. `train(model, x, y, epochs=1)`); `on_epoch(record)` is
-    called after each epoch with {"epoch", "loss", "acc", "time"}.
+    `overrides` replace fields of `config` (e.g. `train(model, x, y, epochs=1)`). `val` = (images, labels)
+    adds val_loss/val_acc/best_epoch to each record and enables early stopping; each record also has the
+    epoch's wall "time". `on_epoch(record)` is called after each epoch; `on_state(state)` gets the full
+    resumable state after each epoch and when `stop()` turns true (checked after every step; the loop
+    then raises Interrupted); `state` is such a state to continue from. A non-finite loss raises
+    NonFiniteLoss before that step is applied.
     """
     from tqdm import tqdm
 
+    from .device import resolve_precision
+    from .evaluate import evaluate
+
     config = replace(config or TrainConfig(), **overrides)
     config.check()
+    if config.early_stop and val is None:
+        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1) or pass val=")
     device = next(model.parameters()).device
+    bf16 = resolve_precision(config.precision, device.type) == "bf16"
     images, labels = images.to(device), labels.to(device)
+    if val is not None:
+        val = (val[0].to(device), val[1].to(device))
     n, bs = len(images), config.batch_size
+    steps = math.ceil(n / bs)
+    total = steps * config.epochs
     g = torch.Generator().manual_seed(config.seed)
     opt = make_optimizer(model, config)
-    history = []
-    for epoch in range(1, config.epochs + 1):
+    loop = new_loop()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        loop.update({k: state[k] for k in loop})
+
+    def snapshot() -> dict:
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": g.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda,
+            **loop,
+        }
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    while loop["epoch"] < config.epochs and not loop["stopped"]:
+        epoch = loop["epoch"] + 1
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g).to(device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        steps = range(0, n, bs)
-        for i in tqdm(steps, desc=f"Epoch {epoch}", unit="batch", leave=False, disable=not progress):
-            idx = perm[i : i + bs]
-            xb = images[idx].float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
+        if loop["step"]:  # resuming in the middle of this epoch
+            perm = loop["perm"].to(device)
+        else:
+            perm = torch.randperm(n, generator=g).to(device)
+            loop.update(loss_sum=0.0, correct=0)
+        loss_sum = torch.tensor(loop["loss_sum"], dtype=torch.float64, device=device)
+        correct = torch.tensor(loop["correct"], dtype=torch.int64, device=device)
+        bar = tqdm(
+            total=steps,
+            initial=loop["step"],
+            desc=f"Epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        )
+        for k in range(loop["step"], steps):
+            idx = perm[k * bs : (k + 1) * bs]
+            xb = images[idx]
+            if config.shift:
+                xb = random_shift(xb.reshape(-1, 28, 28), config.shift, g)
+            xb = xb.float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
             yb = labels[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            lr = lr_at(loop["global_step"], total, config)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast:
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLoss(
+                    f"the loss became {loss.item()} in epoch {epoch}, step {k + 1} of {steps} (learning rate "
+                    f"{lr:.3g}): the learning rate is probably too high; try --lr {config.lr / 10:g}",
+                    epoch,
+                )
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            loop["global_step"] += 1
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(dim=1) == yb).sum()
-        record = {
-            "epoch": epoch,
-            "loss": loss_sum.item() / n,
-            "acc": correct.item() / n,
-            "time": time.perf_counter() - t0,
-        }
-        history.append(record)
+            bar.update()
+            if stop is not None and stop() and k + 1 < steps:
+                bar.close()
+                loop.update(step=k + 1, perm=perm.cpu(), loss_sum=loss_sum.item(), correct=correct.item())
+                if on_state is not None:
+                    on_state(snapshot())
+                raise Interrupted(epoch, k + 1, steps)
+        bar.close()
+        record = {"epoch": epoch, "loss": loss_sum.item() / n, "acc": correct.item() / n}
+        if val is not None:
+            r = evaluate(model, *val)
+            if r["loss"] < loop["best_val_loss"]:
+                loop.update(best_val_loss=r["loss"], best_epoch=epoch, bad_epochs=0)
+            else:
+                loop["bad_epochs"] += 1
+            record.update(val_loss=r["loss"], val_acc=r["acc"], best_epoch=loop["best_epoch"])
+            loop["stopped"] = bool(config.early_stop) and loop["bad_epochs"] >= config.early_stop
+        record["time"] = time.perf_counter() - t0  # of this process's part of the epoch; not in metrics.jsonl
+        loop.update(epoch=epoch, step=0, perm=None, history=[*loop["history"], record])
         if on_epoch is not None:
             on_epoch(record)
+        if on_state is not None:
+            on_state(snapshot())
+        if stop is not None and stop() and loop["epoch"] < config.epochs:
+            raise Interrupted(epoch + 1, 0, steps)
     model.eval()
-    return history
+    return loop["history"]
 
 
 def epoch_line(record: dict) -> str:
     """The tutorial's line, `Epoch 1 - loss: 0.3141 - acc: 0.9131`, then extra fields."""
     line = f"Epoch {record['epoch']} - loss: {record['loss']:.4f} - acc: {record['acc']:.4f}"
-    return f"{line} - time: {record['time']:.2f}s"
+    if "val_loss" in record:
+        line += f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_acc']:.4f}"
+    return f"{line} - time: {record['time']:.2f}s" if "time" in record else line
 
 
-# --------------------------------------------------------------------------- the `densa train` job
+def run_training(*args, **kwargs):
+    """The `densa train` job; it lives in densa.run (kept here for callers of densa.train.run_training)."""
+    from .run import run_training as run
 
-
-def default_out(config: TrainConfig, model: str = "mlp") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path("runs") / f"{config.dataset}-{model}-{stamp}"
-    k = 2
-    while out.exists():
-        out = Path("runs") / f"{config.dataset}-{model}-{stamp}-{k}"
-        k += 1
-    return out
-
-
-def prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DensaError(f"--out {out} is a file; pass a folder for the run")
-    taken = [n for n in ("model.safetensors", "metrics.jsonl", "summary.json") if (out / n).exists()]
-    if taken:
-        raise DensaError(
-            f"--out {out} already holds a run ({', '.join(taken)}); pass a new folder or remove it"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def run_training(
-    model_config: ModelConfig,
-    config: TrainConfig,
-    out: Path | None = None,
-    data_dir=None,
-    log=print,
-    progress: bool = False,
-) -> dict:
-    """Load data, build the model, train, evaluate on the test split and write the run folder."""
-    from .checkpoint import build_meta, dataset_meta, save
-    from .data import load_dataset, write_atomic
-    from .evaluate import evaluate, format_prediction, predict_proba
-    from .models import build_model, count_parameters
-
-    config.check()
-    t_start = time.perf_counter()
-    ds = load_dataset(config.dataset, data_dir)
-    t_loaded = time.perf_counter()
-    log(
-        f"data: {ds.name}, {len(ds.train_images):,} train / {len(ds.test_images):,} test images "
-        f"({t_loaded - t_start:.2f}s, from {Path(ds.sources['train_images']).parent})"
-    )
-    model_config = replace(model_config, num_classes=len(ds.classes))
-    torch.manual_seed(config.seed)
-    model = build_model(model_config)
-    log(str(model))
-    log(f"parameters: {count_parameters(model):,} · threads: {torch.get_num_threads()} · seed: {config.seed}")
-
-    out = Path(out) if out is not None else default_out(config, model_config.model)
-    prepare_out(out)
-    records: list[dict] = []
-
-    def on_epoch(record):
-        records.append(record)
-        log(epoch_line(record))
-        write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-
-    history = train(model, ds.train_images, ds.train_labels, config, on_epoch=on_epoch, progress=progress)
-    t_trained = time.perf_counter()
-    result = evaluate(model, ds.test_images, ds.test_labels)
-    t_evaluated = time.perf_counter()
-    log(f"test_loss: {result['loss']:.4f}")
-    log(f"test_acc: {result['acc']:.4f}")
-    probs = predict_proba(model, ds.test_images[:1])[0]
-    log(format_prediction(probs, 0, int(ds.test_labels[0]), ds.classes))
-
-    metrics = {
-        "test_loss": result["loss"],
-        "test_acc": result["acc"],
-        "test_correct": result["correct"],
-        "test_n": result["n"],
-        "train_loss": history[-1]["loss"],
-        "train_acc": history[-1]["acc"],
-        "epochs": len(history),
-    }
-    train_meta = {**config.to_dict(), "threads": torch.get_num_threads()}
-    save(
-        model, out / "model.safetensors", build_meta(model_config, dataset_meta(ds.spec), train_meta, metrics)
-    )
-    summary = {
-        **metrics,
-        "dataset": ds.name,
-        "parameters": count_parameters(model),
-        "load_time_s": round(t_loaded - t_start, 3),
-        "train_time_s": round(t_trained - t_loaded, 3),
-        "eval_time_s": round(t_evaluated - t_trained, 3),
-        "total_time_s": round(time.perf_counter() - t_start, 3),
-    }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"saved run to {out}/ (model.safetensors, metrics.jsonl, summary.json)")
-    return {"out": out, "model": model, "history": history, "summary": summary}
+    return run(*args, **kwargs)

@@ -1,0 +1,244 @@
+"""The `densa train` job: load data, build the model, train, evaluate on the test split, write a run folder.
+
+A run folder holds model.safetensors (the weights to use: the best epoch by val loss with --val-split,
+else the last), metrics.jsonl (one record per epoch and no wall-clock times, so the same seed and thread
+count give the same bytes), summary.json (test metrics and timings) and checkpoint.pt (everything needed
+to continue, rewritten after each epoch; `densa train --resume RUN`). Ctrl-C saves it between two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, TrainConfig
+from .errors import DensaError
+from .train import Interrupted, NonFiniteLoss, epoch_line, holdout, train
+
+RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json", "checkpoint.pt")
+
+
+def default_out(config: TrainConfig, model: str = "mlp") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{config.dataset}-{model}-{stamp}"
+    k = 2
+    while out.exists():
+        out = Path("runs") / f"{config.dataset}-{model}-{stamp}-{k}"
+        k += 1
+    return out
+
+
+def prepare_out(out: Path) -> None:
+    """Refuse a folder that holds a run already (checked before loading anything; created later)."""
+    if out.exists() and not out.is_dir():
+        raise DensaError(f"--out {out} is a file; pass a folder for the run")
+    taken = [n for n in RUN_FILES if (out / n).exists()]
+    if taken:
+        raise DensaError(
+            f"--out {out} already holds a run ({', '.join(taken)}); pass a new folder, remove it, "
+            f"or continue it with `densa train --resume {out}`"
+        )
+
+
+def resume_configs(run: Path, state: dict, given: dict) -> tuple[ModelConfig, TrainConfig, str]:
+    """The configs saved in `state`; `given` (settings passed again on the command line) must agree."""
+    from .checkpoint import CheckpointError, read_meta
+
+    model_config = ModelConfig.from_dict(state["model_config"])
+    config = TrainConfig.from_dict(state["train_config"])
+    preset = state.get("preset", "seed")
+    if (run / "summary.json").exists():
+        raise DensaError(f"{run} is a finished run ({state['epoch']} epochs); start a new run with --out")
+    if (run / "model.safetensors").exists():
+        saved = read_meta(run)["model"]
+        if ModelConfig.from_dict(saved) != model_config:
+            raise CheckpointError(
+                f"{run}/checkpoint.pt is from a different architecture ({model_config.model} "
+                f"{list(model_config.hidden)}) than {run}/model.safetensors ({saved['model']} "
+                f"{saved['hidden']}); it does not belong to this run"
+            )
+    if "device" in given:  # the one setting that may change: where the rest of the run computes
+        config = replace(config, device=given.pop("device"))
+    for key, value in given.items():
+        if key == "preset":
+            have = preset
+        else:
+            have = getattr(model_config if key in ModelConfig.__dataclass_fields__ else config, key)
+        if value != have:
+            what = (
+                "a different architecture"
+                if key in ModelConfig.__dataclass_fields__
+                else "a different recipe"
+            )
+            raise CheckpointError(
+                f"{run} was trained with {key}={have!r} but {key}={value!r} was given: that is {what}; "
+                f"--resume continues the saved run as it was (drop the flag, or start a new run with --out)"
+            )
+    return model_config, config, preset
+
+
+def run_training(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    out: Path | None = None,
+    data_dir=None,
+    log=print,
+    progress: bool = False,
+    *,
+    preset: str = "seed",
+    state: dict | None = None,
+) -> dict:
+    """Train and write the run folder `out`; with `state` (from checkpoint.load_state), continue it."""
+    from .checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
+    from .data import load_dataset, write_atomic
+    from .device import resolve_device, resolve_precision
+    from .evaluate import evaluate, format_prediction, predict_proba
+    from .models import build_model, count_parameters
+
+    config.check()
+    if config.early_stop and not config.val_split:
+        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    out = Path(out) if out is not None else default_out(config, model_config.model)
+    if state is None:
+        prepare_out(out)
+    t_start = time.perf_counter()
+    ds = load_dataset(config.dataset, data_dir)
+    t_loaded = time.perf_counter()
+    log(
+        f"data: {ds.name}, {len(ds.train_images):,} train / {len(ds.test_images):,} test images "
+        f"({t_loaded - t_start:.2f}s, from {Path(ds.sources['train_images']).parent})"
+    )
+    model_config = replace(model_config, num_classes=len(ds.classes))
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    log(str(model))
+    threads = torch.get_num_threads()
+    log(f"parameters: {count_parameters(model):,} · threads: {threads} · seed: {config.seed}")
+    if preset != "seed" or device != "cpu" or precision != "fp32":
+        log(f"preset: {preset} · device: {device} · precision: {precision}")
+
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{out}/{STATE_FILE}: its weights do not match the architecture it describes "
+                f"({' '.join(str(e).split())[:100]}...); it was modified or belongs to another run"
+            ) from None
+        if state.get("threads") != threads:
+            log(f"warning: the run used {state.get('threads')} threads, now {threads}: not bit-identical")
+        log(
+            f"resuming {out} after epoch {state['epoch']}"
+            + (f", step {state['step']}" if state["step"] else "")
+        )
+
+    x, y, val = ds.train_images, ds.train_labels, None
+    if config.val_split:
+        tr, va = holdout(len(x), config.val_split, config.seed)
+        x, y, val = x[tr], y[tr], (x[va], y[va])
+        log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {config.seed})")
+    out.mkdir(parents=True, exist_ok=True)
+    ds_meta = dataset_meta(ds.spec)
+    train_meta = {
+        **config.to_dict(),
+        "preset": preset,
+        "threads": threads,
+        "device": device,
+        "precision_used": precision,
+    }
+
+    def on_epoch(record):
+        log(epoch_line(record))
+        history = [*(state["history"] if state else []), *records, record]
+        records.append(record)
+        lines = [json.dumps({k: v for k, v in r.items() if k != "time"}) + "\n" for r in history]
+        write_atomic(out / "metrics.jsonl", "".join(lines))
+        if val is None or record["best_epoch"] == record["epoch"]:
+            epoch_metrics = {k: v for k, v in record.items() if k != "time"}
+            save(
+                model, out / "model.safetensors", build_meta(model_config, ds_meta, train_meta, epoch_metrics)
+            )
+
+    def on_state(s):
+        extra = {"model_config": model_config.to_dict(), "train_config": config.to_dict(), "preset": preset}
+        save_state(out / STATE_FILE, {**s, **extra, "threads": threads, "dataset": ds.name})
+
+    records: list[dict] = []
+    interrupted = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main_thread else None
+    try:
+        history = train(
+            model, x, y, config, val=val, state=state, on_epoch=on_epoch, on_state=on_state,
+            stop=interrupted.is_set, progress=progress,
+        )  # fmt: skip
+    except Interrupted as e:
+        e.out = out
+        raise
+    except NonFiniteLoss as e:
+        if e.epoch > 1 or state is not None:
+            raise DensaError(f"{e} ({out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise DensaError(f"{e} (no epoch finished, nothing was saved)") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    t_trained = time.perf_counter()
+    last = history[-1]
+    best_epoch = last.get("best_epoch", last["epoch"])
+    if best_epoch != last["epoch"]:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+        log(f"best val loss in epoch {best_epoch}: model.safetensors holds that epoch's weights")
+    result = evaluate(model, ds.test_images, ds.test_labels)
+    t_evaluated = time.perf_counter()
+    log(f"test_loss: {result['loss']:.4f}")
+    log(f"test_acc: {result['acc']:.4f}")
+    probs = predict_proba(model, ds.test_images[:1])[0]
+    log(format_prediction(probs, 0, int(ds.test_labels[0]), ds.classes))
+
+    metrics = {
+        "test_loss": result["loss"],
+        "test_acc": result["acc"],
+        "test_correct": result["correct"],
+        "test_n": result["n"],
+        "train_loss": history[-1]["loss"],
+        "train_acc": history[-1]["acc"],
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+    }
+    if val is not None:
+        metrics.update(
+            val_loss=history[best_epoch - 1]["val_loss"], val_acc=history[best_epoch - 1]["val_acc"]
+        )
+    save(model, out / "model.safetensors", build_meta(model_config, ds_meta, train_meta, metrics))
+    summary = {
+        **metrics,
+        "dataset": ds.name,
+        "preset": preset,
+        "parameters": count_parameters(model),
+        "device": device,
+        "precision": precision,
+        "threads": threads,
+        "stopped_early": len(history) < config.epochs,
+        "epoch_times_s": [round(r["time"], 3) for r in history],
+        "load_time_s": round(t_loaded - t_start, 3),
+        "train_time_s": round(t_trained - t_loaded, 3),
+        "eval_time_s": round(t_evaluated - t_trained, 3),
+        "total_time_s": round(time.perf_counter() - t_start, 3),
+    }
+    if state is not None:
+        summary["resumed"] = True
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log(f"saved run to {out}/ ({', '.join(RUN_FILES)})")
+    return {"out": out, "model": model, "history": history, "summary": summary}
