@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import ModelConfig, TrainConfig, field_names
+from .config import ModelConfig, SweepConfig, TrainConfig, field_names
 from .errors import DensaError
 
 MODEL_FIELDS = field_names(ModelConfig)
@@ -214,6 +214,35 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .config import SweepConfig
+    from .sweep import FIXED, default_storage, run_sweep, show
+
+    given = {k: getattr(args, k) for k in FIXED if hasattr(args, k)}
+    defaults = SweepConfig()
+    name = args.study or f"{given.get('dataset', defaults.dataset)}-{given.get('model', defaults.model)}"
+    out = Path(args.out) if args.out else Path("sweeps") / name
+    storage = args.storage or default_storage(out)
+    if args.show:
+        if not args.storage and not (out / "study.db").is_file():
+            raise DensaError(f"no sweep in {out}/ (no study.db); start one with `densa sweep --trials N`")
+        show(storage, name, top=args.top, heartbeat=args.heartbeat, data_dir=args.data_dir)
+        return 0
+    if not args.trials:
+        raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
+    if not args.storage:
+        out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_sweep(
+        storage, name, given, args.trials, timeout=args.timeout, pruner=args.pruner,
+        startup=args.startup_trials, heartbeat=args.heartbeat, data_dir=args.data_dir,
+    )  # fmt: skip
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -316,6 +345,70 @@ def build_parser() -> Parser:
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
     p.set_defaults(func=cmd_train)
+
+    sdef = SweepConfig()
+    p = sub.add_parser(
+        "sweep",
+        help="search hyper-parameters with Optuna (many workers may share one study)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run trials of an Optuna study: each trains on the training set minus a seeded val "
+        "split\nand is scored by its val accuracy (never the test set); weak trials are pruned after any "
+        "epoch.\nThe study lives in an SQLite file in the sweep folder, or in the database given with "
+        "--storage,\nwhich workers on many machines can share. Needs: pip install 'densa[sweep]'.",
+    )
+    p.add_argument(
+        "--trials", type=positive_int, metavar="N", help="trials this worker runs (each its own N)"
+    )
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--study", metavar="NAME", help="study name (default: <dataset>-<model>)")
+    p.add_argument(
+        "--storage", metavar="URL", help="SQLAlchemy URL of the study's database, e.g. "
+        "postgresql://USER:PASSWORD@HOST/DB (default: sqlite:///<out>/study.db)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", metavar="DIR", help="sweep folder, for the default storage (default: sweeps/<study>)"
+    )
+    fixed = "{} (the same for the whole study; default: {})".format
+    p.add_argument("--dataset", default=argparse.SUPPRESS, help=fixed("dataset name", sdef.dataset))
+    p.add_argument(
+        "--model", choices=list(MODELS), default=argparse.SUPPRESS,
+        help=fixed("search space and base preset", sdef.model),
+    )  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="E", default=argparse.SUPPRESS,
+        help=fixed("epochs per trial", "the preset's"),
+    )  # fmt: skip
+    p.add_argument(
+        "--val-split", type=fraction, metavar="F", default=argparse.SUPPRESS,
+        help=fixed("held-out fraction of train whose accuracy is maximised", sdef.val_split),
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=nonneg_int, default=argparse.SUPPRESS, help=fixed("every trial's seed", sdef.seed)
+    )
+    p.add_argument(
+        "--precision", choices=list(PRECISIONS), default=argparse.SUPPRESS,
+        help=fixed("precision", sdef.precision),
+    )  # fmt: skip
+    p.add_argument(
+        "--pruner", choices=["median", "halving", "none"], default=sdef.pruner,
+        help=f"stops weak trials after an epoch (default: {sdef.pruner})",
+    )  # fmt: skip
+    p.add_argument(
+        "--startup-trials", type=nonneg_int, metavar="N", default=sdef.startup_trials,
+        help=f"median: complete trials before any is pruned (default: {sdef.startup_trials})",
+    )  # fmt: skip
+    p.add_argument(
+        "--heartbeat", type=positive_int, metavar="S", default=sdef.heartbeat,
+        help="seconds between a running trial's heartbeats; a trial silent for twice this is marked "
+        f"FAIL (default: {sdef.heartbeat})",
+    )  # fmt: skip
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's choice)")
+    data_dir_arg(p)
+    p.add_argument("--show", action="store_true", help="print the leaderboard and the best trial's command")
+    p.add_argument(
+        "--top", type=positive_int, default=10, metavar="N", help="--show: trials listed (default: 10)"
+    )
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "evaluate", help="test loss and accuracy of a trained model", formatter_class=HelpFormatter
