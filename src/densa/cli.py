@@ -87,13 +87,13 @@ def cmd_train(args) -> int:
     import torch
 
     from .config import PRESETS, resolve
+    from .distributed import launched
     from .run import resume_configs, run_training
     from .train import Interrupted
 
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
-    print(f"densa {__version__} · torch {torch.__version__}")
     state = None
     if args.resume:
         from .checkpoint import load_state
@@ -108,18 +108,54 @@ def cmd_train(args) -> int:
         model_config, config = resolve(preset, **given)
         out = args.out
     assert preset in PRESETS
+    ranks = None
+    if launched():  # one of several processes started by torchrun (or by --nproc below)
+        ranks = data_parallel(args, model_config, config, preset)
+    elif args.nproc and args.nproc > 1:
+        from .device import resolve_device
+        from .distributed import check_nproc, launch
+
+        check_nproc(args.nproc, resolve_device(config.device))
+        return launch(args.nproc, args.argv)
+    if ranks is None or ranks.rank == 0:
+        print(f"densa {__version__} · torch {torch.__version__}")
     try:
         run_training(
             model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
-            preset=preset, state=state,
+            preset=preset, state=state, ranks=ranks,
         )  # fmt: skip
     except Interrupted as e:
-        again = ["densa", "train", "--resume", str(e.out)]
-        again += ["--data-dir", args.data_dir] if args.data_dir else []
-        again += ["--threads", str(args.threads)] if args.threads else []
-        print(f"\ndensa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}", file=sys.stderr)
+        if ranks is None or ranks.rank == 0:
+            again = ["densa", "train", "--resume", str(e.out)]
+            again += ["--data-dir", args.data_dir] if args.data_dir else []
+            again += ["--threads", str(args.threads)] if args.threads else []
+            again += ["--nproc", str(args.nproc)] if args.nproc else []
+            print(
+                f"\ndensa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+                file=sys.stderr,
+            )
         return 130
+    finally:
+        if ranks is not None:
+            ranks.close()
     return 0
+
+
+def data_parallel(args, model_config, config, preset):
+    """Join the process group; every rank must have been started with the same settings as rank 0."""
+    from .device import resolve_device
+    from .distributed import setup
+
+    ranks = setup(resolve_device(config.device), args.threads)
+    try:
+        settings = {"preset": preset, **model_config.to_dict(), **config.to_dict()}
+        ranks.agree({**settings, "resume": args.resume, "out": args.out})
+        if args.nproc:  # densa train --nproc K starts its ranks without it
+            raise DensaError("--nproc starts torchrun itself; under torchrun, use its --nproc-per-node")
+    except DensaError:
+        ranks.close()
+        raise
+    return ranks
 
 
 def _load_run(args):
@@ -344,6 +380,12 @@ def build_parser() -> Parser:
     p.add_argument(
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
+    p.add_argument(
+        "--nproc", type=positive_int, default=None, metavar="K",
+        help="train data-parallel in K processes on this machine, as `torchrun --standalone "
+        "--nproc-per-node=K -m densa train ...` would (gloo on CPU, nccl on CUDA; --batch-size is the "
+        "global batch, split between them) (default: 1)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     sdef = SweepConfig()
@@ -442,6 +484,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `densa train --nproc K` to start again
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
