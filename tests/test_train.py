@@ -210,6 +210,14 @@ def test_presets_resolve_and_flags_override():
     assert c.optimizer == PRESETS["cnn"]["optimizer"] and c.precision == "fp32"
     with pytest.raises(densa.DensaError, match="unknown preset 'best'"):
         resolve("best")
+    # a preset's per-dataset tweaks sit between the preset and the flags
+    from densa.config import PRESET_DATASET_TWEAKS
+
+    tweaks = PRESET_DATASET_TWEAKS[("mlp", "fashion-mnist")]
+    c = resolve("mlp", dataset="fashion-mnist")[1]
+    assert all(getattr(c, k) == v for k, v in tweaks.items()) and "shift" in tweaks
+    assert resolve("mlp")[1].shift == PRESETS["mlp"]["shift"] != tweaks["shift"]
+    assert resolve("mlp", dataset="fashion-mnist", shift=3)[1].shift == 3
 
 
 def test_cnn_run_loads_from_the_file_alone(synth, tmp_path, capsys):

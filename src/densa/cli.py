@@ -130,8 +130,9 @@ def cmd_train(args) -> int:
             again += ["--data-dir", args.data_dir] if args.data_dir else []
             again += ["--threads", str(args.threads)] if args.threads else []
             again += ["--nproc", str(args.nproc)] if args.nproc else []
+            newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
             print(
-                f"\ndensa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+                f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
                 file=sys.stderr,
             )
         return 130
@@ -286,7 +287,7 @@ SETTINGS = ("preset", *MODEL_FIELDS, *TRAIN_FIELDS)  # argparse dests that only 
 
 
 def presets_help() -> str:
-    from .config import PRESETS
+    from .config import PRESET_DATASET_TWEAKS, PRESETS
 
     def show(v):
         return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -296,6 +297,9 @@ def presets_help() -> str:
     for name, values in PRESETS.items():
         if values:
             text = " ".join(f"{k}={show(v)}" for k, v in values.items())
+            for (preset, dataset), tweaks in PRESET_DATASET_TWEAKS.items():
+                if preset == name:
+                    text += f"; on {dataset}: " + " ".join(f"{k}={show(v)}" for k, v in tweaks.items())
             lines += textwrap.wrap(text, 96, initial_indent=f"  {name:<5} ", subsequent_indent=" " * 8)
     return "\n".join(lines)
 

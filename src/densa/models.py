@@ -48,10 +48,11 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Conv blocks, then a dense head: the image is reshaped to (N, 1, 28, 28) first.
 
-    CNN(channels=(32, 64), hidden=(128,)) is
-        Conv2d(1, 32, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)    28x28 -> 14x14
-        Conv2d(32, 64, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   14x14 -> 7x7
-        Flatten -> Linear(64*7*7, 128) -> ReLU -> Dropout -> Linear(128, classes)
+    CNN(channels=(16, 32, 64), hidden=(128,)) (the cnn preset) is
+        Conv2d(1, 16, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)    28x28 -> 14x14
+        Conv2d(16, 32, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   14x14 -> 7x7
+        Conv2d(32, 64, 3, padding=1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)   7x7 -> 3x3
+        Flatten -> Linear(64*3*3, 128) -> ReLU -> Dropout -> Linear(128, classes)
     (the convolutions have no bias: the BatchNorm after each one has its own).
     """
 
