@@ -224,3 +224,23 @@ def test_show_needs_a_sweep_and_a_known_study(synth, tmp_path, capsys):
     assert "no complete trial yet" in capsys.readouterr().out
     assert main(["sweep", "--storage", url]) == 1
     assert "--trials N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_every_point_of_the_space_is_a_densa_train_command(model):
+    from densa.models import build_model
+    from densa.sweep import SPACES, configs, definition, fixed_flags, searched_flags, suggest
+
+    d = definition("mnist", model, 0, 0.1, 0, "fp32")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        params = suggest(trial, SPACES[model])
+        model_config, config = configs([*fixed_flags(d), *searched_flags(model, params)])
+        assert model_config.model == model and config.epochs == d["epochs"] == (8 if model == "mlp" else 10)
+        assert (
+            config.lr == pytest.approx(params["lr"], rel=1e-2) and config.batch_size == params["batch_size"]
+        )
+        assert config.val_split == 0 and config.optimizer == "adamw"  # the rest from the base preset
+        build_model(model_config)
+        study.tell(trial, 0.5)

@@ -35,18 +35,23 @@ COMMON = {
 }
 SPACES = {
     "mlp": {"depth": ["int", 1, 3], "width": ["categorical", [128, 256, 512, 1024]], **COMMON},
-    "cnn": {"channels": ["categorical", [16, 32, 48]], "head": ["categorical", [64, 128, 256]], **COMMON},
+    "cnn": {  # conv blocks of width, 2 x width (, 4 x width) channels, then a dense head
+        "blocks": ["int", 2, 3],
+        "width": ["categorical", [8, 16, 32]],
+        "head": ["categorical", [64, 128, 256]],
+        **COMMON,
+    },
 }
 FIXED = ("dataset", "model", "epochs", "val_split", "seed", "precision")  # one value for the whole study
 
 
 def definition(dataset, model, epochs, val_split, seed, precision) -> dict:
     """What a study means: the fixed settings and the search space, as JSON values (stored in the study)."""
-    from .config import PRESETS
+    from .config import resolve
 
     if model not in SPACES:
         raise DensaError(f"unknown model {model!r}; choose one of: {', '.join(SPACES)}")
-    epochs = epochs or PRESETS[model]["epochs"]
+    epochs = epochs or resolve(model, dataset=dataset)[1].epochs
     fixed = dict(zip(FIXED, (dataset, model, epochs, val_split, seed, precision)))
     return json.loads(json.dumps({**fixed, "preset": model, "space": SPACES[model]}))
 
@@ -74,12 +79,8 @@ def searched_flags(model: str, params: dict) -> list[str]:
     if model == "mlp":
         flags = ["--hidden", ",".join([str(params["width"])] * params["depth"])]
     else:
-        flags = [
-            "--channels",
-            f"{params['channels']},{2 * params['channels']}",
-            "--hidden",
-            str(params["head"]),
-        ]
+        channels = ",".join(str(params["width"] * 2**i) for i in range(params["blocks"]))
+        flags = ["--channels", channels, "--hidden", str(params["head"])]
     flags += ["--activation", params["activation"], "--dropout", f"{params['dropout']:.3g}"]
     flags += ["--weight-decay", f"{params['weight_decay']:.3g}", "--lr", f"{params['lr']:.3g}"]
     return flags + ["--schedule", params["schedule"], "--batch-size", str(params["batch_size"])]
