@@ -228,6 +228,7 @@ def test_show_needs_a_sweep_and_a_known_study(synth, tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_point_of_the_space_is_a_densa_train_command(model):
+    from densa.config import resolve
     from densa.models import build_model
     from densa.sweep import SPACES, configs, definition, fixed_flags, searched_flags, suggest
 
@@ -237,7 +238,7 @@ def test_every_point_of_the_space_is_a_densa_train_command(model):
         trial = study.ask()
         params = suggest(trial, SPACES[model])
         model_config, config = configs([*fixed_flags(d), *searched_flags(model, params)])
-        assert model_config.model == model and config.epochs == d["epochs"] == (8 if model == "mlp" else 10)
+        assert model_config.model == model and config.epochs == d["epochs"] == resolve(model)[1].epochs
         assert (
             config.lr == pytest.approx(params["lr"], rel=1e-2) and config.batch_size == params["batch_size"]
         )
