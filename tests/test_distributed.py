@@ -9,9 +9,11 @@ launches (mismatched arguments across ranks, too many processes) end in one line
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,61 @@ def test_a_rank_without_torchrun_environment_is_one_line(synth, tmp_path, capsys
     assert main(["train", "--dataset", "synth", "--threads", "1", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rank 1 could not join the other 1 ranks" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
+    tmp_path, monkeypatch, capsys, restore_threads
+):
+    from synthetic import write_dataset
+
+    from densa import data
+
+    root = tmp_path / "data"  # 225 steps of 8 images per epoch: time to interrupt one in the middle
+    monkeypatch.setitem(data.DATASETS, "synth", write_dataset(root, "synth", n_train=2000, n_test=100))
+    monkeypatch.setenv("DENSA_DATA_DIR", str(root))
+    recipe = [
+        "--dataset",
+        "synth",
+        "--hidden",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--val-split",
+        "0.1",
+    ]
+    run = tmp_path / "run"
+    proc = densa_synth(root, "train", *recipe, "--nproc", "2", "--out", str(run))
+    try:
+        end = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():  # epoch 1 is saved, epoch 2 is running
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # to the launcher, as Ctrl-C would; torchrun passes it on
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.count("densa: interrupted") == 1  # rank 0 alone says so
+    assert f"resume with: densa train --resume {run} --nproc 2" in stderr
+    assert stdout.count("Epoch ") < 3 and not (run / "summary.json").exists()
+
+    resumed = densa_synth(root, "train", "--resume", str(run), "--nproc", "2")
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert "resuming " in stdout and (run / "summary.json").exists()
+
+    # the same as one process that was never interrupted: the steps, and the epochs' summed metrics
+    one = tmp_path / "one"
+    assert main(["train", *recipe, "--threads", "1", "--out", str(one)]) == 0
+    a = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in a] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["acc"] == y["acc"]
+    w2, w1 = load_state(run)["model"], load_state(one)["model"]
+    assert max((w2[k] - w1[k]).abs().max().item() for k in w1) < 1e-4

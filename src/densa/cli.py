@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
             again = ["densa", "train", "--resume", str(e.out)]
             again += ["--data-dir", args.data_dir] if args.data_dir else []
             again += ["--threads", str(args.threads)] if args.threads else []
-            again += ["--nproc", str(args.nproc)] if args.nproc else []
+            again += ["--nproc", str(ranks.world)] if ranks is not None else []
             newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
             print(
                 f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",

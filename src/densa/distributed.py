@@ -56,6 +56,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     """Run this command again as `nproc` ranks under torch.distributed.run (torchrun --standalone)."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -69,10 +70,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     ]
     program = [script, *head, *rest] if same else ["-m", "densa", *rest]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))  # each rank sets its own
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # densa says it in one line
+    for name in list(logging.root.manager.loggerDict):  # torchrun's own reports: densa says it in one line
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", *program])
     try:
         run(args)
+    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which saved and said how to resume
+        return 130
     except ChildFailedError as e:
         failed = sorted(e.failures.items())
         codes = ", ".join(f"rank {r}: exit code {f.exitcode}" for r, f in failed)
@@ -100,6 +105,8 @@ class Group:
     local_rank: int
     backend: str
     device: object  # torch.device the collectives run on
+    local_stop: object = None  # this rank's stop() (Ctrl-C seen here), asked at each step's any()
+    stopping: bool = False  # whether any rank's stop() was true at the last step
 
     # ------------------------------------------------------------------ agreement between ranks
 
@@ -138,17 +145,24 @@ class Group:
         return box[0]
 
     def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any rank (one tiny all_reduce)."""
+        """True on every rank when `flag` is true on any rank: the loop asks this once per step.
+
+        The same tiny all_reduce carries each rank's stop() (see `agreed`), so a step costs one
+        collective besides DDP's gradient all_reduce.
+        """
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([int(flag)], device=self.device)
+        stop = bool(self.local_stop and self.local_stop())
+        t = torch.tensor([int(flag), int(stop)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        self.stopping = bool(t[1])
+        return bool(t[0])
 
     def agreed(self, stop):
         """A stop() that turns true on every rank at the same step once it is true on one (Ctrl-C)."""
-        return lambda: self.any(stop())
+        self.local_stop, self.stopping = stop, False
+        return lambda: self.stopping
 
     # ------------------------------------------------------------------ training
 
