@@ -245,3 +245,8 @@ def test_every_point_of_the_space_is_a_densa_train_command(model):
         assert config.val_split == 0 and config.optimizer == "adamw"  # the rest from the base preset
         build_model(model_config)
         study.tell(trial, 0.5)
+
+
+def test_a_misspelt_dataset_makes_no_sweep(tmp_path, capsys):
+    assert main(["sweep", "--dataset", "minst", "--trials", "1", "--out", str(tmp_path / "s")]) == 1
+    assert "unknown dataset 'minst'" in capsys.readouterr().err and not (tmp_path / "s").exists()

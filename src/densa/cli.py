@@ -268,6 +268,9 @@ def cmd_sweep(args) -> int:
     if not args.trials:
         raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
     if not args.storage:
+        from .data import get_spec
+
+        get_spec(given.get("dataset", defaults.dataset))  # no sweep folder for a misspelt dataset
         out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         import torch

@@ -220,11 +220,13 @@ def run_sweep(
     import optuna
     import torch
 
-    from .data import load_dataset
+    from .data import get_spec, load_dataset
     from .device import resolve_device
     from .models import build_model
     from .train import NonFiniteLoss, holdout, train
 
+    if "dataset" in given:
+        get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
     storage = open_storage(storage_url, heartbeat)
     study, d = open_study(storage, storage_url, name, given, make_pruner(pruner, startup))
     before = len(study.trials)
