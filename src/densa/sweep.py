@@ -171,7 +171,11 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
             return study, stored
         mine = definition(**{k: given.get(k, stored.get(k)) for k in FIXED})
         diff = [
-            f"{k}: {stored.get(k)!r} in the study, {v!r} here" for k, v in mine.items() if v != stored.get(k)
+            f"{k}: {stored.get(k)!r} in the study, {v!r} here"
+            if k in FIXED
+            else f"its {k} is another densa's"
+            for k, v in mine.items()
+            if v != stored.get(k)
         ]
         if diff:
             raise DensaError(
