@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import ModelConfig, TrainConfig, field_names
+from .config import ModelConfig, SweepConfig, TrainConfig, field_names
 from .errors import DensaError
 
 MODEL_FIELDS = field_names(ModelConfig)
@@ -87,13 +87,13 @@ def cmd_train(args) -> int:
     import torch
 
     from .config import PRESETS, resolve
+    from .distributed import launched
     from .run import resume_configs, run_training
     from .train import Interrupted
 
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
-    print(f"densa {__version__} · torch {torch.__version__}")
     state = None
     if args.resume:
         from .checkpoint import load_state
@@ -116,30 +116,64 @@ def cmd_train(args) -> int:
         from .tensorboard_log import require_tensorboard
 
         require_tensorboard()
+    ranks = None
+    if launched():  # one of several processes started by torchrun (or by --nproc below)
+        ranks = data_parallel(args, model_config, config, preset)
+    elif args.nproc and args.nproc > 1:
+        from .device import resolve_device
+        from .distributed import check_nproc, launch
+
+        check_nproc(args.nproc, resolve_device(config.device))
+        return launch(args.nproc, args.argv)
+    if ranks is None or ranks.rank == 0:
+        print(f"densa {__version__} · torch {torch.__version__}")
     try:
         r = run_training(
             model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
-            preset=preset, state=state,
+            preset=preset, state=state, ranks=ranks,
         )  # fmt: skip
     except Interrupted as e:
-        again = ["densa", "train", "--resume", str(e.out)]
-        again += ["--data-dir", args.data_dir] if args.data_dir else []
-        again += ["--threads", str(args.threads)] if args.threads else []
-        newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
-        print(
-            f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
-            file=sys.stderr,
-        )
+        if ranks is None or ranks.rank == 0:
+            again = ["densa", "train", "--resume", str(e.out)]
+            again += ["--data-dir", args.data_dir] if args.data_dir else []
+            again += ["--threads", str(args.threads)] if args.threads else []
+            again += ["--nproc", str(ranks.world)] if ranks is not None else []
+            newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
+            print(
+                f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+                file=sys.stderr,
+            )
         return 130
-    if args.tensorboard:
-        from .tensorboard_log import write_scalars
+    finally:
+        if ranks is not None:
+            ranks.close()
+    if ranks is None or ranks.rank == 0:
+        if args.tensorboard:
+            from .tensorboard_log import write_scalars
 
-        write_scalars(r["out"])
-    if args.report:
-        from .report import write_report
+            write_scalars(r["out"])
+        if args.report:
+            from .report import write_report
 
-        write_report(r["out"], data_dir=args.data_dir)
+            write_report(r["out"], data_dir=args.data_dir)
     return 0
+
+
+def data_parallel(args, model_config, config, preset):
+    """Join the process group; every rank must have been started with the same settings as rank 0."""
+    from .device import resolve_device
+    from .distributed import setup
+
+    ranks = setup(resolve_device(config.device), args.threads)
+    try:
+        settings = {"preset": preset, **model_config.to_dict(), **config.to_dict()}
+        ranks.agree({**settings, "resume": args.resume, "out": args.out})
+        if args.nproc:  # densa train --nproc K starts its ranks without it
+            raise DensaError("--nproc starts torchrun itself; under torchrun, use its --nproc-per-node")
+    except DensaError:
+        ranks.close()
+        raise
+    return ranks
 
 
 def _load_run(args):
@@ -323,6 +357,38 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .config import SweepConfig
+    from .sweep import FIXED, default_storage, run_sweep, show
+
+    given = {k: getattr(args, k) for k in FIXED if hasattr(args, k)}
+    defaults = SweepConfig()
+    name = args.study or f"{given.get('dataset', defaults.dataset)}-{given.get('model', defaults.model)}"
+    out = Path(args.out) if args.out else Path("sweeps") / name
+    storage = args.storage or default_storage(out)
+    if args.show:
+        if not args.storage and not (out / "study.db").is_file():
+            raise DensaError(f"no sweep in {out}/ (no study.db); start one with `densa sweep --trials N`")
+        show(storage, name, top=args.top, heartbeat=args.heartbeat, data_dir=args.data_dir)
+        return 0
+    if not args.trials:
+        raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
+    if not args.storage:
+        from .data import get_spec
+
+        get_spec(given.get("dataset", defaults.dataset))  # no sweep folder for a misspelt dataset
+        out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_sweep(
+        storage, name, given, args.trials, timeout=args.timeout, pruner=args.pruner,
+        startup=args.startup_trials, heartbeat=args.heartbeat, data_dir=args.data_dir,
+    )  # fmt: skip
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -446,7 +512,77 @@ def build_parser() -> Parser:
     p.add_argument(
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
+    p.add_argument(
+        "--nproc", type=positive_int, default=None, metavar="K",
+        help="train data-parallel in K processes on this machine, as `torchrun --standalone "
+        "--nproc-per-node=K -m densa train ...` would (gloo on CPU, nccl on CUDA; --batch-size is the "
+        "global batch, split between them) (default: 1)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
+
+    sdef = SweepConfig()
+    p = sub.add_parser(
+        "sweep",
+        help="search hyper-parameters with Optuna (many workers may share one study)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run trials of an Optuna study: each trains on the training set minus a seeded val "
+        "split\nand is scored by its val accuracy (never the test set); weak trials are pruned after any "
+        "epoch.\nThe study lives in an SQLite file in the sweep folder, or in the database given with "
+        "--storage,\nwhich workers on many machines can share. Needs: pip install 'densa[sweep]'.",
+    )
+    p.add_argument(
+        "--trials", type=positive_int, metavar="N", help="trials this worker runs (each its own N)"
+    )
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--study", metavar="NAME", help="study name (default: <dataset>-<model>)")
+    p.add_argument(
+        "--storage", metavar="URL", help="SQLAlchemy URL of the study's database, e.g. "
+        "postgresql://USER:PASSWORD@HOST/DB (default: sqlite:///<out>/study.db)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", metavar="DIR", help="sweep folder, for the default storage (default: sweeps/<study>)"
+    )
+    fixed = "{} (the same for the whole study; default: {})".format
+    p.add_argument("--dataset", default=argparse.SUPPRESS, help=fixed("dataset name", sdef.dataset))
+    p.add_argument(
+        "--model", choices=list(MODELS), default=argparse.SUPPRESS,
+        help=fixed("search space and base preset", sdef.model),
+    )  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="E", default=argparse.SUPPRESS,
+        help=fixed("epochs per trial", "the preset's"),
+    )  # fmt: skip
+    p.add_argument(
+        "--val-split", type=fraction, metavar="F", default=argparse.SUPPRESS,
+        help=fixed("held-out fraction of train whose accuracy is maximised", sdef.val_split),
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=nonneg_int, default=argparse.SUPPRESS, help=fixed("every trial's seed", sdef.seed)
+    )
+    p.add_argument(
+        "--precision", choices=list(PRECISIONS), default=argparse.SUPPRESS,
+        help=fixed("precision", sdef.precision),
+    )  # fmt: skip
+    p.add_argument(
+        "--pruner", choices=["median", "halving", "none"], default=sdef.pruner,
+        help=f"stops weak trials after an epoch (default: {sdef.pruner})",
+    )  # fmt: skip
+    p.add_argument(
+        "--startup-trials", type=nonneg_int, metavar="N", default=sdef.startup_trials,
+        help=f"median: complete trials before any is pruned (default: {sdef.startup_trials})",
+    )  # fmt: skip
+    p.add_argument(
+        "--heartbeat", type=positive_int, metavar="S", default=sdef.heartbeat,
+        help="seconds between a running trial's heartbeats; a trial silent for twice this is marked "
+        f"FAIL (default: {sdef.heartbeat})",
+    )  # fmt: skip
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's choice)")
+    data_dir_arg(p)
+    p.add_argument("--show", action="store_true", help="print the leaderboard and the best trial's command")
+    p.add_argument(
+        "--top", type=positive_int, default=10, metavar="N", help="--show: trials listed (default: 10)"
+    )
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "evaluate",
@@ -535,6 +671,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `densa train --nproc K` to start again
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
