@@ -144,6 +144,10 @@ def field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+# what `densa train` takes as flags: a preset's name and every field of the two configs
+SETTINGS = ("preset", *field_names(ModelConfig), *field_names(TrainConfig))
+
+
 def resolve(preset: str = "seed", **overrides) -> tuple[ModelConfig, TrainConfig]:
     """The preset's values (with its tweaks for the dataset) on top of the defaults, then `overrides`.
 
