@@ -69,9 +69,14 @@ def real_mnist(monkeypatch, real_cache):
 
 @pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory, real_cache):
-    """(run folder, dataset): the default recipe trained once per session on the real MNIST files."""
-    from densa.config import ModelConfig, TrainConfig
-    from densa.train import run_training
+    """(run folder, dataset): `densa train` with no flags, once per session, on the real MNIST files.
+
+    What the command printed is kept beside the run folder, in train-stdout.txt.
+    """
+    import contextlib
+    import io
+
+    from densa.cli import main
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(real_cache))
@@ -80,7 +85,10 @@ def mnist_run(tmp_path_factory, real_cache):
         out = os.environ.get("DENSA_TEST_MNIST_RUN")
         if not out:
             out = tmp_path_factory.mktemp("mnist-run") / "run"
-            run_training(ModelConfig(), TrainConfig(), out=out, log=lambda *a: None)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(["train", "--out", str(out)]) == 0
+            (out.parent / "train-stdout.txt").write_text(printed.getvalue())
         return Path(out), data.load_dataset("mnist")
 
 

@@ -90,11 +90,10 @@ def test_train_learns_and_api_round_trip(synth, tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_default_recipe_on_real_mnist(real_mnist, tmp_path, capsys):
-    """The seed tutorial's recipe, end to end through the CLI, on the real files."""
-    out = tmp_path / "run"
-    assert main(["train", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+def test_default_recipe_on_real_mnist(mnist_run):
+    """The seed tutorial's recipe, end to end through the CLI (`densa train`, no flags), on the real files."""
+    out, _ = mnist_run
+    text = (out.parent / "train-stdout.txt").read_text()
     assert len(re.findall(r"^Epoch \d - loss: \d\.\d{4} - acc: \d\.\d{4}", text, re.M)) == 5
     summary = json.loads((out / "summary.json").read_text())
     print(f"default recipe: test_acc {summary['test_acc']:.4f}, train {summary['train_time_s']:.1f}s")

@@ -1,25 +1,21 @@
-"""The `densa` command: argparse subcommands over the package's functions.
+"""The `densa` command line: argparse subcommands, their flags and defaults, and main().
 
-Defaults come from the config dataclasses, so `--help` always shows the real ones. Bad input ends in
-one line on stderr (`densa: error: ...`) and a non-zero exit, never a traceback. torch is imported
-only inside the commands that need it, which keeps `densa --help` fast.
+Defaults come from the config dataclasses, so `--help` always shows the real ones; what each command
+does is in commands.py. Bad input ends in one line on stderr (`densa: error: ...`) and a non-zero exit,
+never a traceback. torch is imported only inside the commands that need it, so `densa --help` is fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import textwrap
-from pathlib import Path
 
-from . import __version__
-from .config import ModelConfig, TrainConfig, field_names
+from . import __version__, commands
+from .config import ModelConfig, SweepConfig, TrainConfig, field_names
 from .errors import DensaError
 
 MODEL_FIELDS = field_names(ModelConfig)
-TRAIN_FIELDS = field_names(TrainConfig)
 
 
 class Parser(argparse.ArgumentParser):
@@ -80,253 +76,7 @@ def channel_list(s: str) -> tuple[int, ...]:
     return sizes
 
 
-# --------------------------------------------------------------------------- commands
-
-
-def cmd_train(args) -> int:
-    import torch
-
-    from .config import PRESETS, resolve
-    from .run import resume_configs, run_training
-    from .train import Interrupted
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
-    print(f"densa {__version__} · torch {torch.__version__}")
-    state = None
-    if args.resume:
-        from .checkpoint import load_state
-
-        if args.out:
-            raise DensaError(f"--resume continues {args.resume} in place; drop --out")
-        state = load_state(args.resume)
-        model_config, config, preset = resume_configs(Path(args.resume), state, given)
-        out = Path(args.resume)
-    else:
-        preset = given.pop("preset", "seed")
-        model_config, config = resolve(preset, **given)
-        out = args.out
-    assert preset in PRESETS
-    if args.report:  # fail before training, not after it
-        from .plots import require_matplotlib
-
-        require_matplotlib()
-    if args.tensorboard:
-        from .tensorboard_log import require_tensorboard
-
-        require_tensorboard()
-    try:
-        r = run_training(
-            model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
-            preset=preset, state=state,
-        )  # fmt: skip
-    except Interrupted as e:
-        again = ["densa", "train", "--resume", str(e.out)]
-        again += ["--data-dir", args.data_dir] if args.data_dir else []
-        again += ["--threads", str(args.threads)] if args.threads else []
-        newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
-        print(
-            f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
-            file=sys.stderr,
-        )
-        return 130
-    if args.tensorboard:
-        from .tensorboard_log import write_scalars
-
-        write_scalars(r["out"])
-    if args.report:
-        from .report import write_report
-
-        write_report(r["out"], data_dir=args.data_dir)
-    return 0
-
-
-def _load_run(args):
-    from .checkpoint import load
-    from .data import load_dataset
-
-    ckpt = load(args.run)
-    ds = load_dataset(ckpt.dataset, args.data_dir)
-    return ckpt, ds
-
-
-def cmd_evaluate(args) -> int:
-    from .export import is_onnx
-    from .metrics import assess, assess_logits, format_confusion, format_table, load_split
-
-    if is_onnx(args.run):
-        from .export import OnnxPredictor
-
-        model = OnnxPredictor(args.run)
-        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
-        r = assess_logits(model.logits(images.numpy()), labels.numpy(), ds.classes)
-        kind = f"{model.meta['model'].get('model', 'model')} via onnxruntime"
-    else:
-        from .checkpoint import load
-
-        model = load(args.run)
-        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
-        r = assess(model.model, images, labels, ds.classes)
-        kind = model.config.model
-    for key in ("probs", "preds", "labels"):
-        del r[key]
-    if args.json:
-        print(json.dumps({"run": str(model.path), "dataset": ds.name, "split": args.split, **r}))
-    else:
-        s = args.split
-        print(f"run: {model.path} ({kind}, trained on {model.dataset}; {ds.name} {s} split)")
-        print(f"{s}_loss: {r['loss']:.4f}")
-        print(f"{s}_acc: {r['acc']:.4f} ({r['correct']}/{r['n']})")
-        print()
-        print(format_table(r))
-        print()
-        print(format_confusion(r["confusion"], r["classes"]))
-        print()
-        cal = r["calibration"]
-        print(f"expected calibration error: {cal['ece']:.4f} ({len(cal['bins'])} confidence bins)")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from .report import write_report
-
-    write_report(args.run, args.out, dataset=args.dataset, split=args.split, data_dir=args.data_dir)
-    return 0
-
-
-def cmd_predict(args) -> int:
-    if (args.test_index is None) == (not args.images):
-        raise DensaError("pass image files or folders, or --test-index I (exactly one of them)")
-    if args.test_index is not None:
-        return _predict_test_index(args)
-    return _predict_images(args)
-
-
-def _predict_test_index(args) -> int:
-    import numpy as np
-
-    from .data import load_dataset
-    from .evaluate import format_prediction
-    from .predictor import open_predictor, result
-
-    predictor = open_predictor(args.run)
-    ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
-    i, n = args.test_index, len(ds.test_images)
-    if not 0 <= i < n:
-        raise DensaError(
-            f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
-        )
-    pixels = ds.test_images[i].numpy()
-    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
-    label = int(ds.test_labels[i])
-    if args.save_input:
-        from .predictor import save_inputs
-
-        save_inputs(args.save_input, [(f"test-{i}", pixels)])
-    if args.json:
-        r = result(predictor, probs, args.top_k)
-        print(json.dumps({"index": i, **r, "label": label, "label_class": ds.classes[label]}))
-    else:
-        import torch
-
-        print(format_prediction(torch.from_numpy(probs), i, label, ds.classes))
-    return 0
-
-
-def _predict_images(args) -> int:
-    from .predictor import open_predictor, predict_files, save_inputs
-
-    predictor = open_predictor(args.run, threads=args.threads)
-    entries = predict_files(predictor, args.images, args.top_k)
-    for path, answer, _, error in entries:
-        if error is not None:
-            print(f"densa: error: {error}", file=sys.stderr, flush=True)
-            if args.json:
-                print(json.dumps({"file": path, "error": error}), flush=True)
-        elif args.json:
-            print(json.dumps({"file": path, **answer}), flush=True)
-        else:
-            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top_k"])
-            p, k = answer["probability"], len(answer["top_k"])
-            print(f"{path}: {answer['predicted_class']} ({p:.3f})  top-{k}: {top}", flush=True)
-    ok = [(path, pixels) for path, _, pixels, error in entries if error is None]
-    if args.save_input and ok:
-        save_inputs(args.save_input, ok)
-    failed = len(entries) - len(ok)
-    if failed:
-        raise DensaError(f"{failed} of {len(entries)} image(s) could not be read (see above)")
-    return 0
-
-
-def cmd_serve(args) -> int:
-    from .serve import serve
-
-    serve(args.run, host=args.host, port=args.port, threads=args.threads, workers=args.workers)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .export import INPUT, OUTPUTS, TOLERANCE, export_run
-
-    r = export_run(args.run, args.onnx, force=args.force)
-    print(
-        f"exported {r['source']} -> {r['path']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, "
-        f"{r['seconds']:.1f}s)"
-    )
-    print(
-        f"verified: onnxruntime matches torch within {r['max_abs_diff']:.1e} (max abs difference of "
-        f"probabilities; allowed {TOLERANCE:g})"
-    )
-    print(
-        f"input {INPUT!r}: float32 (batch, 28, 28) in [0, 1]; outputs {', '.join(map(repr, OUTPUTS))}: "
-        "(batch, classes)"
-    )
-    return 0
-
-
-def cmd_data(args) -> int:
-    from .data import DATASETS, cache_dir, download, get_spec, load_file, locate, search_dirs
-
-    names = list(DATASETS) if args.dataset == "all" else [get_spec(args.dataset).name]
-    dirs = search_dirs(args.data_dir)
-    failed = 0
-    for name in names:
-        spec = DATASETS[name]
-        print(f"{name}: {len(spec.classes)} classes ({', '.join(spec.classes)})")
-        for key, f in spec.files.items():
-            found = locate(spec, f, dirs)
-            where = f"{found[0]}: {found[1]}" if found else "missing"
-            if args.action == "info":
-                memo = cache_dir() / name / f.name
-                extra = (
-                    f" (decompressed copy in {memo})"
-                    if found and found[1].suffix == ".gz" and memo.is_file()
-                    else ""
-                )
-                hint = f" (would download from {spec.mirrors[0]})" if not found else ""
-                print(f"  {f.name:<26} {where}{extra}{hint}")
-                continue
-            try:
-                if args.action == "download" and found is None:
-                    path = download(spec, f)
-                    where = f"downloaded: {path}"
-                load_file(spec, key, args.data_dir, allow_download=False)
-                print(f"  {f.name:<26} ok  {(f.checksum or f.gz_checksum)[:19]}…  {where}")
-            except DensaError as e:
-                failed += 1
-                print(f"  {f.name:<26} FAILED  {e}")
-    if failed:
-        raise DensaError(
-            f"{failed} file(s) missing or bad (see above); `densa data download` fetches missing files"
-        )
-    return 0
-
-
 # --------------------------------------------------------------------------- the parser
-
-
-SETTINGS = ("preset", *MODEL_FIELDS, *TRAIN_FIELDS)  # argparse dests that only exist when given
 
 
 def presets_help() -> str:
@@ -446,7 +196,77 @@ def build_parser() -> Parser:
     p.add_argument(
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
-    p.set_defaults(func=cmd_train)
+    p.add_argument(
+        "--nproc", type=positive_int, default=None, metavar="K",
+        help="train data-parallel in K processes on this machine, as `torchrun --standalone "
+        "--nproc-per-node=K -m densa train ...` would (gloo on CPU, nccl on CUDA; --batch-size is the "
+        "global batch, split between them) (default: 1)",
+    )  # fmt: skip
+    p.set_defaults(func=commands.cmd_train)
+
+    sdef = SweepConfig()
+    p = sub.add_parser(
+        "sweep",
+        help="search hyper-parameters with Optuna (many workers may share one study)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run trials of an Optuna study: each trains on the training set minus a seeded val "
+        "split\nand is scored by its val accuracy (never the test set); weak trials are pruned after any "
+        "epoch.\nThe study lives in an SQLite file in the sweep folder, or in the database given with "
+        "--storage,\nwhich workers on many machines can share. Needs: pip install 'densa[sweep]'.",
+    )
+    p.add_argument(
+        "--trials", type=positive_int, metavar="N", help="trials this worker runs (each its own N)"
+    )
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--study", metavar="NAME", help="study name (default: <dataset>-<model>)")
+    p.add_argument(
+        "--storage", metavar="URL", help="SQLAlchemy URL of the study's database, e.g. "
+        "postgresql://USER:PASSWORD@HOST/DB (default: sqlite:///<out>/study.db)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", metavar="DIR", help="sweep folder, for the default storage (default: sweeps/<study>)"
+    )
+    fixed = "{} (the same for the whole study; default: {})".format
+    p.add_argument("--dataset", default=argparse.SUPPRESS, help=fixed("dataset name", sdef.dataset))
+    p.add_argument(
+        "--model", choices=list(MODELS), default=argparse.SUPPRESS,
+        help=fixed("search space and base preset", sdef.model),
+    )  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="E", default=argparse.SUPPRESS,
+        help=fixed("epochs per trial", "the preset's"),
+    )  # fmt: skip
+    p.add_argument(
+        "--val-split", type=fraction, metavar="F", default=argparse.SUPPRESS,
+        help=fixed("held-out fraction of train whose accuracy is maximised", sdef.val_split),
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=nonneg_int, default=argparse.SUPPRESS, help=fixed("every trial's seed", sdef.seed)
+    )
+    p.add_argument(
+        "--precision", choices=list(PRECISIONS), default=argparse.SUPPRESS,
+        help=fixed("precision", sdef.precision),
+    )  # fmt: skip
+    p.add_argument(
+        "--pruner", choices=["median", "halving", "none"], default=sdef.pruner,
+        help=f"stops weak trials after an epoch (default: {sdef.pruner})",
+    )  # fmt: skip
+    p.add_argument(
+        "--startup-trials", type=nonneg_int, metavar="N", default=sdef.startup_trials,
+        help=f"median: complete trials before any is pruned (default: {sdef.startup_trials})",
+    )  # fmt: skip
+    p.add_argument(
+        "--heartbeat", type=positive_int, metavar="S", default=sdef.heartbeat,
+        help="seconds between a running trial's heartbeats; a trial silent for twice this is marked "
+        f"FAIL (default: {sdef.heartbeat})",
+    )  # fmt: skip
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's choice)")
+    data_dir_arg(p)
+    p.add_argument("--show", action="store_true", help="print the leaderboard and the best trial's command")
+    p.add_argument(
+        "--top", type=positive_int, default=10, metavar="N", help="--show: trials listed (default: 10)"
+    )
+    p.set_defaults(func=commands.cmd_sweep)
 
     p = sub.add_parser(
         "evaluate",
@@ -457,7 +277,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print JSON")
     split_args(p)
     data_dir_arg(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser(
         "report",
@@ -471,7 +291,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", metavar="DIR", default=None, help="report folder (default: RUN/report/)")
     split_args(p)
     data_dir_arg(p)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=commands.cmd_report)
 
     p = sub.add_parser(
         "predict",
@@ -493,7 +313,7 @@ def build_parser() -> Parser:
     )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     data_dir_arg(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=commands.cmd_predict)
 
     p = sub.add_parser(
         "export",
@@ -506,7 +326,7 @@ def build_parser() -> Parser:
     p.add_argument("run", metavar="RUN", help="run folder or .safetensors file")
     p.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX file to write")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser(
         "serve",
@@ -520,7 +340,7 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per inference")
     p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=commands.cmd_serve)
 
     p = sub.add_parser(
         "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter
@@ -528,13 +348,14 @@ def build_parser() -> Parser:
     p.add_argument("action", choices=["info", "verify", "download"])
     p.add_argument("--dataset", default="mnist", help="dataset name, or 'all'")
     data_dir_arg(p)
-    p.set_defaults(func=cmd_data)
+    p.set_defaults(func=commands.cmd_data)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `densa train --nproc K` to start again
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

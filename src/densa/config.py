@@ -144,6 +144,10 @@ def field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+# what `densa train` takes as flags: a preset's name and every field of the two configs
+SETTINGS = ("preset", *field_names(ModelConfig), *field_names(TrainConfig))
+
+
 def resolve(preset: str = "seed", **overrides) -> tuple[ModelConfig, TrainConfig]:
     """The preset's values (with its tweaks for the dataset) on top of the defaults, then `overrides`.
 
@@ -161,3 +165,18 @@ def resolve(preset: str = "seed", **overrides) -> tuple[ModelConfig, TrainConfig
     model = ModelConfig(**{k: v for k, v in values.items() if k in model_keys})
     config = TrainConfig(**{k: v for k, v in values.items() if k in train_keys})
     return model, config
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`densa sweep`: the settings every trial of a study shares, and how a worker searches."""
+
+    dataset: str = "mnist"
+    model: str = "mlp"  # mlp | cnn: picks the search space and the base preset of the same name
+    epochs: int = 0  # per trial; 0 = the base preset's
+    val_split: float = 0.1  # the held-out fraction of the training set whose accuracy is maximised
+    seed: int = 0  # every trial's training seed (init, shuffling, the val split)
+    precision: str = "fp32"  # fixed for the whole study
+    pruner: str = "median"  # median | halving | none
+    startup_trials: int = 5  # median pruner: trials that must complete before any is pruned
+    heartbeat: int = 60  # seconds between a running trial's heartbeats; silent for 2x this = FAIL

@@ -93,21 +93,35 @@ def run_training(
     *,
     preset: str = "seed",
     state: dict | None = None,
+    ranks=None,
 ) -> dict:
-    """Train and write the run folder `out`; with `state` (from checkpoint.load_state), continue it."""
+    """Train and write the run folder `out`; with `state` (from checkpoint.load_state), continue it.
+
+    With `ranks` (densa.distributed.Group) this is one process of a data-parallel run: all ranks train
+    and evaluate, rank 0 alone logs and writes the folder.
+    """
     from .checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
     from .data import load_dataset, write_atomic
     from .device import resolve_device, resolve_precision
     from .evaluate import evaluate, format_prediction, predict_proba
     from .models import build_model, count_parameters
 
+    rank0 = ranks is None or ranks.rank == 0
+    if not rank0:
+        log, progress = (lambda *a, **k: None), False
     config.check()
     if config.early_stop and not config.val_split:
         raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     out = Path(out) if out is not None else default_out(config, model_config.model)
-    if state is None:
+    if ranks is not None:
+        from .distributed import error_of
+
+        out = ranks.broadcast(out)  # a default folder's name holds rank 0's clock
+        if state is None:
+            ranks.check(error_of(prepare_out, out) if rank0 else None)
+    elif state is None:
         prepare_out(out)
     t_start = time.perf_counter()
     ds = load_dataset(config.dataset, data_dir)
@@ -124,6 +138,11 @@ def run_training(
     log(f"parameters: {count_parameters(model):,} · threads: {threads} · seed: {config.seed}")
     if preset != "seed" or device != "cpu" or precision != "fp32":
         log(f"preset: {preset} · device: {device} · precision: {precision}")
+    if ranks is not None:
+        log(
+            f"data-parallel: {ranks.world} processes ({ranks.backend}), {threads} threads each; each takes "
+            f"1/{ranks.world} of every batch of {config.batch_size}"
+        )
 
     if state is not None:
         try:
@@ -145,7 +164,8 @@ def run_training(
         tr, va = holdout(len(x), config.val_split, config.seed)
         x, y, val = x[tr], y[tr], (x[va], y[va])
         log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {config.seed})")
-    out.mkdir(parents=True, exist_ok=True)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
     ds_meta = dataset_meta(ds.spec)
     train_meta = {
         **config.to_dict(),
@@ -154,6 +174,8 @@ def run_training(
         "device": device,
         "precision_used": precision,
     }
+    if ranks is not None:
+        train_meta["world_size"] = ranks.world
 
     def on_epoch(record):
         log(epoch_line(record))
@@ -177,8 +199,8 @@ def run_training(
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main_thread else None
     try:
         history = train(
-            model, x, y, config, val=val, state=state, on_epoch=on_epoch, on_state=on_state,
-            stop=interrupted.is_set, progress=progress,
+            model, x, y, config, val=val, state=state, on_epoch=on_epoch if rank0 else None,
+            on_state=on_state if rank0 else None, stop=interrupted.is_set, progress=progress, ranks=ranks,
         )  # fmt: skip
     except Interrupted as e:
         e.out = out
@@ -186,7 +208,7 @@ def run_training(
     except NonFiniteLoss as e:
         if e.epoch > 1 or state is not None:
             raise DensaError(f"{e} ({out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
-        if not any(out.iterdir()):
+        if rank0 and not any(out.iterdir()):
             out.rmdir()
         raise DensaError(f"{e} (no epoch finished, nothing was saved)") from None
     finally:
@@ -198,9 +220,17 @@ def run_training(
     if best_epoch != last["epoch"]:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+        if rank0:
+            model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+        if ranks is not None:
+            ranks.broadcast_weights(model)
         log(f"best val loss in epoch {best_epoch}: model.safetensors holds that epoch's weights")
-    result = evaluate(model, ds.test_images, ds.test_labels)
+    if ranks is None:
+        result = evaluate(model, ds.test_images, ds.test_labels)
+    else:  # each rank its shard of the test set, the counts summed: every image once
+        result = ranks.evaluate(model, ds.test_images, ds.test_labels)
+        if not rank0:
+            return {"out": out, "model": model, "history": history, "summary": None}
     t_evaluated = time.perf_counter()
     log(f"test_loss: {result['loss']:.4f}")
     log(f"test_acc: {result['acc']:.4f}")
@@ -239,6 +269,8 @@ def run_training(
     }
     if state is not None:
         summary["resumed"] = True
+    if ranks is not None:
+        summary.update(world_size=ranks.world, backend=ranks.backend)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"saved run to {out}/ ({', '.join(RUN_FILES)})")
     return {"out": out, "model": model, "history": history, "summary": summary}

@@ -116,6 +116,7 @@ def train(
     on_state=None,
     stop=None,
     progress: bool = False,
+    ranks=None,
     **overrides,
 ) -> list[dict]:
     """Train `model` in place on uint8 `images` (N, 28, 28) and int64 `labels`; returns per-epoch records.
@@ -125,7 +126,8 @@ def train(
     epoch's wall "time". `on_epoch(record)` is called after each epoch; `on_state(state)` gets the full
     resumable state after each epoch and when `stop()` turns true (checked after every step; the loop
     then raises Interrupted); `state` is such a state to continue from. A non-finite loss raises
-    NonFiniteLoss before that step is applied.
+    NonFiniteLoss before that step is applied. `ranks` (densa.distributed.Group) makes this one rank of a
+    data-parallel run: each rank trains on its slice of every global batch and all ranks agree on sums.
     """
     from tqdm import tqdm
 
@@ -155,6 +157,12 @@ def train(
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         loop.update({k: state[k] for k in loop})
+        if ranks is not None and ranks.rank:  # rank 0 carries the saved partial sums of the epoch
+            loop.update(loss_sum=0.0, correct=0)
+    net, ev = model, evaluate  # what computes the forward pass, and evaluation
+    if ranks is not None:
+        net, ev = ranks.wrap(model, config.seed, loop["global_step"]), ranks.evaluate
+        stop = ranks.agreed(stop) if stop is not None else None
 
     def snapshot() -> dict:
         cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -192,22 +200,26 @@ def train(
             xb = images[idx]
             if config.shift:
                 xb = random_shift(xb.reshape(-1, 28, 28), config.shift, g)
+            n_batch = len(idx)
+            if ranks is not None:  # this rank's slice of the global batch (shifts were drawn for all of it)
+                xb, idx = ranks.part(xb), ranks.part(idx)
             xb = xb.float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
             yb = labels[idx]
             lr = lr_at(loop["global_step"], total, config)
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast:
-                logits = model(xb)
+                logits = net(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
+            bad = not torch.isfinite(loss)
+            if bad if ranks is None else ranks.any(bad):
                 bar.close()
                 raise NonFiniteLoss(
                     f"the loss became {loss.item()} in epoch {epoch}, step {k + 1} of {steps} (learning rate "
                     f"{lr:.3g}): the learning rate is probably too high; try --lr {config.lr / 10:g}",
                     epoch,
                 )
-            loss.backward()
+            (loss if ranks is None else loss * ranks.loss_scale(len(idx), n_batch)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             loop["global_step"] += 1
@@ -216,14 +228,19 @@ def train(
             bar.update()
             if stop is not None and stop() and k + 1 < steps:
                 bar.close()
+                if ranks is not None:
+                    loss_sum, correct = ranks.sum(loss_sum, correct)
                 loop.update(step=k + 1, perm=perm.cpu(), loss_sum=loss_sum.item(), correct=correct.item())
                 if on_state is not None:
                     on_state(snapshot())
                 raise Interrupted(epoch, k + 1, steps)
         bar.close()
+        if ranks is not None:
+            loss_sum, correct = ranks.sum(loss_sum, correct)
+            ranks.check_weights(model, epoch)
         record = {"epoch": epoch, "loss": loss_sum.item() / n, "acc": correct.item() / n}
         if val is not None:
-            r = evaluate(model, *val)
+            r = ev(model, *val)
             if r["loss"] < loop["best_val_loss"]:
                 loop.update(best_val_loss=r["loss"], best_epoch=epoch, bad_epochs=0)
             else:

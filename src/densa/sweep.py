@@ -1,0 +1,342 @@
+"""Hyper-parameter search with Optuna: `densa sweep` runs trials of densa's training loop in one study.
+
+A study lives in a database: an SQLite file in the sweep folder by default, or any SQLAlchemy URL
+(`--storage postgresql://...`) that many `densa sweep` workers on many machines share. Each trial trains
+on the training set minus a seeded validation split and reports its val accuracy after every epoch, so
+a pruner stops weak trials early; the test set is never looked at. `densa sweep --show` prints the
+leaderboard and the `densa train` command that retrains the best trial on the whole training set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import DensaError
+
+ATTR = "densa_sweep"  # study user attr holding the sweep's definition; workers with another are refused
+INSTALL = "pip install 'densa[sweep]'"
+
+# The search space: what "training" exposes. Precision stays fixed (--precision); the rest of the recipe
+# (optimiser, warm-up, label smoothing, shifts) comes from the base preset, "mlp" or "cnn".
+COMMON = {
+    "activation": ["categorical", ["relu", "gelu", "silu"]],
+    "dropout": ["float", 0.0, 0.5],
+    "weight_decay": ["float", 1e-4, 0.3, "log"],
+    "lr": ["float", 3e-4, 1e-2, "log"],
+    "schedule": ["categorical", ["constant", "onecycle", "cosine"]],
+    "batch_size": ["categorical", [64, 128, 256, 512]],
+}
+SPACES = {
+    "mlp": {"depth": ["int", 1, 3], "width": ["categorical", [128, 256, 512, 1024]], **COMMON},
+    "cnn": {  # conv blocks of width, 2 x width (, 4 x width) channels, then a dense head
+        "blocks": ["int", 2, 3],
+        "width": ["categorical", [8, 16, 32]],
+        "head": ["categorical", [64, 128, 256]],
+        **COMMON,
+    },
+}
+FIXED = ("dataset", "model", "epochs", "val_split", "seed", "precision")  # one value for the whole study
+
+
+def definition(dataset, model, epochs, val_split, seed, precision) -> dict:
+    """What a study means: the fixed settings and the search space, as JSON values (stored in the study)."""
+    from .config import resolve
+
+    if model not in SPACES:
+        raise DensaError(f"unknown model {model!r}; choose one of: {', '.join(SPACES)}")
+    epochs = epochs or resolve(model, dataset=dataset)[1].epochs
+    fixed = dict(zip(FIXED, (dataset, model, epochs, val_split, seed, precision)))
+    return json.loads(json.dumps({**fixed, "preset": model, "space": SPACES[model]}))
+
+
+def suggest(trial, space: dict) -> dict:
+    params = {}
+    for name, (kind, *spec) in space.items():
+        if kind == "categorical":
+            params[name] = trial.suggest_categorical(name, spec[0])
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, spec[0], spec[1])
+        else:
+            params[name] = trial.suggest_float(name, spec[0], spec[1], log=spec[2:] == ["log"])
+    return params
+
+
+def fixed_flags(d: dict) -> list[str]:
+    """The `densa train` flags every trial of study `d` shares (no val split: that trains on all of train)."""
+    flags = ["--preset", d["preset"], "--dataset", d["dataset"], "--epochs", str(d["epochs"])]
+    return flags + ["--seed", str(d["seed"]), "--precision", d["precision"]]
+
+
+def searched_flags(model: str, params: dict) -> list[str]:
+    """The `densa train` flags of one trial's suggested values."""
+    if model == "mlp":
+        flags = ["--hidden", ",".join([str(params["width"])] * params["depth"])]
+    else:
+        channels = ",".join(str(params["width"] * 2**i) for i in range(params["blocks"]))
+        flags = ["--channels", channels, "--hidden", str(params["head"])]
+    flags += ["--activation", params["activation"], "--dropout", f"{params['dropout']:.3g}"]
+    flags += ["--weight-decay", f"{params['weight_decay']:.3g}", "--lr", f"{params['lr']:.3g}"]
+    return flags + ["--schedule", params["schedule"], "--batch-size", str(params["batch_size"])]
+
+
+def configs(flags: list[str]):
+    """(ModelConfig, TrainConfig) of `densa train FLAGS`, read by densa train's own parser."""
+    from .cli import SETTINGS, build_parser
+    from .config import resolve
+
+    args = build_parser().parse_args(["train", *flags])
+    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
+    return resolve(given.pop("preset"), **given)
+
+
+# --------------------------------------------------------------------------- storage and study
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL is shown as given (ArgumentError and friends)
+        return url
+
+
+def open_storage(url: str, heartbeat: int):
+    """Optuna's RDBStorage for `url`, with heartbeats so trials of workers that die end as FAIL."""
+    given = url
+    try:
+        import optuna
+        import sqlalchemy.exc
+    except ImportError:
+        raise DensaError(f"densa sweep needs Optuna: {INSTALL}") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # densa prints its own line per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    engine = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 60}  # seconds to wait for another worker's write lock
+    elif url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 10}  # seconds, for a server that does not answer
+    if url.startswith("postgresql://"):  # the driver densa[sweep] installs, whatever SQLAlchemy's default
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat
+        )
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.DBAPIError, ImportError, RuntimeError) as e:
+        why = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+        raise DensaError(
+            f"cannot use the study storage {shown(given)}: {why}; check the URL (e.g. "
+            f"postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:///PATH), that the server is running, and "
+            f"that its driver is installed ({INSTALL})"
+        ) from None
+    return storage
+
+
+def open_study(storage, url: str, name: str, given: dict, pruner=None, create: bool = True):
+    """Load study `name`, or create it from `given` (SweepConfig fields); return (study, definition).
+
+    An existing study keeps its definition: fixed settings given explicitly must agree with it, and a
+    study made with another search space is refused before anything is written to it.
+    """
+    import optuna
+
+    from .config import SweepConfig
+
+    where = f"in {shown(url)}"
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        if not create:
+            names = optuna.get_all_study_names(storage)
+            have = f"it holds: {', '.join(names)}" if names else "it holds no study"
+            raise DensaError(f"no study {name!r} {where} ({have}); pass --study NAME") from None
+        study = None
+    stored = study.user_attrs.get(ATTR) if study is not None else None
+    if study is not None and stored is None and (study.trials or not create):
+        raise DensaError(f"study {name!r} {where} was not made by densa sweep; use another --study")
+    if study is not None and study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise DensaError(
+            f"study {name!r} {where} minimises its objective; densa sweep maximises val accuracy"
+        )
+    if stored is not None:
+        if not create:  # --show reads any densa study as it is
+            return study, stored
+        mine = definition(**{k: given.get(k, stored.get(k)) for k in FIXED})
+        diff = [
+            f"{k}: {stored.get(k)!r} in the study, {v!r} here"
+            if k in FIXED
+            else f"its {k} is another densa's"
+            for k, v in mine.items()
+            if v != stored.get(k)
+        ]
+        if diff:
+            raise DensaError(
+                f"study {name!r} {where} was made with other settings ({'; '.join(diff)}); drop the "
+                f"differing flags to join it as it is, or start another study with --study NEW"
+            )
+        return study, stored
+    defaults = SweepConfig()
+    d = definition(**{k: given.get(k, getattr(defaults, k)) for k in FIXED})
+    if study is None:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", pruner=pruner, load_if_exists=True
+        )
+    study.set_user_attr(ATTR, d)
+    if study.user_attrs.get(ATTR) != d:  # another worker created it at the same moment, differently
+        raise DensaError(f"study {name!r} {where} was just created by another worker with other settings")
+    return study, d
+
+
+def make_pruner(name: str, startup: int):
+    import optuna
+
+    if name == "median":  # prune a trial whose best val acc is below the median of finished trials
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
+    if name == "halving":  # successive halving: keep the top third at epochs 1, 3, 9, ...
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def run_sweep(
+    storage_url: str,
+    name: str,
+    given: dict,
+    trials: int,
+    timeout: float | None = None,
+    pruner: str = "median",
+    startup: int = 5,
+    heartbeat: int = 60,
+    data_dir=None,
+    log=print,
+) -> dict:
+    """Run `trials` trials (or until `timeout` seconds) in study `name`; returns a few counts."""
+    import optuna
+    import torch
+
+    from .data import get_spec, load_dataset
+    from .device import resolve_device
+    from .models import build_model
+    from .train import NonFiniteLoss, holdout, train
+
+    if "dataset" in given:
+        get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
+    storage = open_storage(storage_url, heartbeat)
+    study, d = open_study(storage, storage_url, name, given, make_pruner(pruner, startup))
+    before = len(study.trials)
+    log(f"study {name} in {shown(storage_url)}: {before} trials so far; this worker runs {trials} more")
+    log(f"searching {d['model']} on {d['dataset']}: {', '.join(d['space'])} ({d['epochs']} epochs per trial)")
+    ds = load_dataset(d["dataset"], data_dir)
+    tr, va = holdout(len(ds.train_images), d["val_split"], d["seed"])
+    x, y = ds.train_images[tr], ds.train_labels[tr]
+    val = (ds.train_images[va], ds.train_labels[va])
+    log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {d['seed']})")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    counts = {"complete": 0, "pruned": 0, "failed": 0}
+
+    def objective(trial):
+        flags = searched_flags(d["model"], suggest(trial, d["space"]))
+        model_config, config = configs([*fixed_flags(d), *flags, "--val-split", str(d["val_split"])])
+        trial.set_user_attr("args", flags)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("threads", torch.get_num_threads())
+        device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # as `densa train` does, so its val split reproduces the trial
+        model = build_model(replace(model_config, num_classes=len(ds.classes))).to(device)
+        t0 = time.perf_counter()
+
+        def on_epoch(record):
+            trial.report(record["val_acc"], record["epoch"])
+            trial.set_user_attr("time_s", round(time.perf_counter() - t0, 2))
+            if trial.should_prune():
+                counts["pruned"] += 1
+                acc = record["val_acc"]
+                log(f"trial {trial.number}: pruned after epoch {record['epoch']} (val_acc {acc:.4f})")
+                raise optuna.TrialPruned()
+
+        try:
+            history = train(model, x, y, config, val=val, on_epoch=on_epoch)
+        except NonFiniteLoss as e:
+            counts["failed"] += 1
+            trial.set_user_attr("error", str(e))
+            log(f"trial {trial.number}: failed: {e}")
+            return float("nan")  # Optuna records a NaN objective as FAIL and goes on
+        acc = history[-1]["val_acc"]
+        counts["complete"] += 1
+        done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        best = max([(t.value, -t.number) for t in done] + [(acc, -trial.number)])  # ties: the earliest
+        log(
+            f"trial {trial.number}: val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s) · best: trial "
+            f"{-best[1]} {best[0]:.4f} · {shlex.join(flags)}"
+        )
+        return acc
+
+    study.optimize(objective, n_trials=trials, timeout=timeout)
+    log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed")
+    return counts
+
+
+# --------------------------------------------------------------------------- the leaderboard
+
+
+def show(storage_url: str, name: str, top: int = 10, heartbeat: int = 60, data_dir=None, log=print) -> dict:
+    """Print the leaderboard and the command that retrains the best trial; returns the best trial's data."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = open_storage(storage_url, heartbeat)
+    study, d = open_study(storage, storage_url, name, {}, create=False)
+    optuna.storages.fail_stale_trials(study)  # trials of workers that died are marked FAIL now
+    trials = study.get_trials(deepcopy=False)
+    states = {s: sum(t.state == s for t in trials) for s in TrialState}
+    counts = ", ".join(f"{n} {s.name.lower()}" for s, n in states.items() if n)
+    log(f"study {name} in {shown(storage_url)}: {len(trials)} trials ({counts or 'none yet'})")
+    log(
+        f"{d['model']} on {d['dataset']}, {d['epochs']} epochs per trial, objective: val_acc on "
+        f"{d['val_split']:.0%} of the training set held out (seed {d['seed']})"
+    )
+
+    def score(t):
+        if t.state == TrialState.COMPLETE:
+            return t.value
+        return max(t.intermediate_values.values()) if t.intermediate_values else float("-inf")
+
+    ranked = sorted(
+        (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        key=lambda t: (t.state == TrialState.COMPLETE, score(t)),
+        reverse=True,
+    )
+    if ranked:
+        log(f"{'rank':>4} {'trial':>5}  {'state':<8} {'val_acc':>7} {'epochs':>6} {'time':>7}  settings")
+    for i, t in enumerate(ranked[:top], 1):
+        flags = t.user_attrs.get("args", [])
+        secs = t.user_attrs.get("time_s", 0.0)
+        log(
+            f"{i:>4} {t.number:>5}  {t.state.name:<8} {score(t):>7.4f} {len(t.intermediate_values):>6} "
+            f"{secs:>6.1f}s  {shlex.join(flags)}"
+        )
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        log("no complete trial yet")
+        return {"best": None}
+    best = study.best_trial
+    command = ["densa", "train", *fixed_flags(d), *best.user_attrs["args"]]
+    command += ["--data-dir", str(data_dir)] if data_dir else []
+    log(f"best: trial {best.number}, val_acc {best.value:.4f}")
+    log("retrain it on the whole training set (it prints the test accuracy):")
+    log(f"  {shlex.join(command)}")
+    return {"best": best.number, "value": best.value, "command": command}
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{Path(out).resolve() / 'study.db'}"
