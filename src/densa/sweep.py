@@ -88,8 +88,8 @@ def searched_flags(model: str, params: dict) -> list[str]:
 
 def configs(flags: list[str]):
     """(ModelConfig, TrainConfig) of `densa train FLAGS`, read by densa train's own parser."""
-    from .cli import SETTINGS, build_parser
-    from .config import resolve
+    from .cli import build_parser
+    from .config import SETTINGS, resolve
 
     args = build_parser().parse_args(["train", *flags])
     given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
