@@ -211,5 +211,7 @@ def test_preset_values_and_explicit_flags(synth, tmp_path, capsys):
     assert "preset: mlp · device: cpu · precision: fp32" in capsys.readouterr().out
     meta = densa.load(out).meta
     assert meta["model"]["hidden"] == [32] and meta["train"]["epochs"] == 1  # the flags
-    assert meta["model"]["dropout"] == 0.2 and meta["train"]["optimizer"] == "adamw"  # the preset
+    preset = densa.PRESETS["mlp"]
+    assert meta["model"]["dropout"] == preset["dropout"] and meta["train"]["optimizer"] == preset["optimizer"]
+    assert meta["train"]["batch_size"] == preset["batch_size"]  # the preset
     assert meta["train"]["preset"] == "mlp" and meta["train"]["precision_used"] == "fp32"
