@@ -213,4 +213,5 @@ def test_preset_values_and_explicit_flags(synth, tmp_path, capsys):
     assert meta["model"]["hidden"] == [32] and meta["train"]["epochs"] == 1  # the flags
     preset = densa.PRESETS["mlp"]  # the preset's values
     assert meta["model"]["dropout"] == preset["dropout"] and meta["train"]["optimizer"] == preset["optimizer"]
+    assert meta["train"]["batch_size"] == preset["batch_size"]
     assert meta["train"]["preset"] == "mlp" and meta["train"]["precision_used"] == "fp32"

@@ -288,3 +288,14 @@ def test_api_preset_with_val_and_early_stop(synth):
     ].keys()
     with pytest.raises(densa.DensaError, match="early stopping watches the val loss"):
         densa.train(model, x, y, config, early_stop=2)
+
+
+def test_random_flip_mirrors_about_half():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8)
+    out = train_module.random_flip(x, g)
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(m != k for m, k in zip(mirrored, kept)) and 70 < sum(mirrored) < 130
+    want = torch.rand(200, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert mirrored == want.tolist()

@@ -174,6 +174,7 @@ def build_parser() -> Parser:
     setting("--warmup", type=probability, metavar="F", help="fraction of all steps spent ramping the LR up")
     setting("--label-smoothing", type=probability, metavar="E", help="label smoothing of the cross-entropy")
     setting("--shift", type=nonneg_int, metavar="PX", help="augment: random shifts of up to +-PX pixels")
+    setting("--flip", action=argparse.BooleanOptionalAction, help="augment: random left-right mirroring")
     setting("--val-split", type=fraction, metavar="F", help="hold out this fraction of train for validation")
     setting("--early-stop", type=nonneg_int, metavar="N", help="stop after N epochs without a lower val loss")
     setting("--precision", choices=list(PRECISIONS), help="fp32, bf16 autocast, or bf16 only where fast")

@@ -59,6 +59,7 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of all steps spent ramping the LR linearly up from 0
     label_smoothing: float = 0.0  # in [0, 1)
     shift: int = 0  # augmentation: random translation of each training image by up to +-shift pixels
+    flip: bool = False  # augmentation: mirror each training image left-right with probability 1/2
     val_split: float = 0.0  # fraction of the training set held out for validation; 0 = none
     early_stop: int = 0  # stop after this many epochs without a lower val loss; 0 = never
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 only where it is fast, else fp32)

@@ -78,6 +78,12 @@ def random_shift(images: torch.Tensor, shift: int, g: torch.Generator) -> torch.
     return padded[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def random_flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mirror each image (B, 28, 28) left-right with probability 1/2 (clothes, not digits)."""
+    flip = (torch.rand(len(images), generator=g) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None], images.flip(-1), images)
+
+
 def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of range(n) into (train, val) index tensors, each in ascending order."""
     n_val = round(n * fraction)
@@ -200,8 +206,10 @@ def train(
             xb = images[idx]
             if config.shift:
                 xb = random_shift(xb.reshape(-1, 28, 28), config.shift, g)
+            if config.flip:
+                xb = random_flip(xb.reshape(-1, 28, 28), g)
             n_batch = len(idx)
-            if ranks is not None:  # this rank's slice of the global batch (shifts were drawn for all of it)
+            if ranks is not None:  # this rank's slice of the global batch (shifts and flips were drawn for all of it)
                 xb, idx = ranks.part(xb), ranks.part(idx)
             xb = xb.float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
             yb = labels[idx]
