@@ -209,7 +209,7 @@ def train(
             if config.flip:
                 xb = random_flip(xb.reshape(-1, 28, 28), g)
             n_batch = len(idx)
-            if ranks is not None:  # this rank's slice of the global batch (shifts and flips were drawn for all of it)
+            if ranks is not None:  # this rank's slice (augmentation was drawn for the whole batch)
                 xb, idx = ranks.part(xb), ranks.part(idx)
             xb = xb.float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
             yb = labels[idx]
