@@ -48,6 +48,18 @@ class Server:
         self.httpd.server_close()
 
 
+def small_dataset_files() -> dict[str, bytes]:
+    """The four IDX files of a 40 + 10 image dataset, by DataFile field name."""
+    x, y = make_images(40, 0)
+    xt, yt = make_images(10, 1)
+    return {
+        "train_images": idx_bytes(x),
+        "train_labels": idx_bytes(y),
+        "test_images": idx_bytes(xt),
+        "test_labels": idx_bytes(yt),
+    }
+
+
 @pytest.fixture
 def server():
     with Server() as s:
@@ -57,14 +69,7 @@ def server():
 @pytest.fixture
 def remote(monkeypatch, server):
     """A dataset 'remote' that exists only on two mirrors of the local server."""
-    x, y = make_images(40, 0)
-    xt, yt = make_images(10, 1)
-    raw = {
-        "train_images": idx_bytes(x),
-        "train_labels": idx_bytes(y),
-        "test_images": idx_bytes(xt),
-        "test_labels": idx_bytes(yt),
-    }
+    raw = small_dataset_files()
     spec = dataclasses.replace(spec_for("remote", raw), mirrors=(server.url + "/a/", server.url + "/b/"))
     monkeypatch.setitem(data.DATASETS, "remote", spec)
     gz = {FILE_NAMES[k]: gzip.compress(b) for k, b in raw.items()}
@@ -164,14 +169,7 @@ def test_data_download_command(remote, server, isolated, capsys):
 @pytest.fixture
 def gz_only(monkeypatch, server):
     """Like `remote`, but the table knows only the md5 of each .gz as served (as for KMNIST)."""
-    x, y = make_images(40, 0)
-    xt, yt = make_images(10, 1)
-    raw = {
-        "train_images": idx_bytes(x),
-        "train_labels": idx_bytes(y),
-        "test_images": idx_bytes(xt),
-        "test_labels": idx_bytes(yt),
-    }
+    raw = small_dataset_files()
     gz = {FILE_NAMES[k]: gzip.compress(b, mtime=0) for k, b in raw.items()}
     files = {
         k: data.DataFile(FILE_NAMES[k], len(b), None, "md5:" + hashlib.md5(gz[FILE_NAMES[k]]).hexdigest())
