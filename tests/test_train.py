@@ -193,6 +193,17 @@ def test_cnn_shapes_and_layers():
     out = model(x)
     assert out.shape == (5, 10)
     assert torch.equal(out, model(x.reshape(5, 784))) and torch.equal(out, model(x.reshape(5, 1, 28, 28)))
+    # oracle: the same weights applied with plain NCHW functional ops (the model runs channels-last)
+    import torch.nn.functional as F
+
+    h = x.reshape(5, 1, 28, 28)
+    for conv, bn in ((model.features[0], model.features[1]), (model.features[4], model.features[5])):
+        h = F.conv2d(h, conv.weight.contiguous(), padding=1)
+        h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False)
+        h = F.max_pool2d(F.relu(h), 2)
+    lin1, lin2 = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    ref = F.linear(F.relu(F.linear(h.flatten(1), lin1.weight, lin1.bias)), lin2.weight, lin2.bias)
+    assert torch.allclose(out, ref, atol=1e-5)
     with pytest.raises(densa.DensaError, match="channels must be"):
         CNN(channels=())
     with pytest.raises(densa.DensaError, match="dropout must be a probability"):
