@@ -134,10 +134,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# A preset's values that differ by dataset (chosen the same way). Fashion-MNIST's clothes fill the frame:
-# random shifts slow an MLP down more than they help it within its epochs.
+# A preset's values that differ by dataset (chosen the same way, on a 10% validation split). Fashion-MNIST's
+# clothes fill the frame: random shifts of 2 px cost the MLP more than they help it, and it does better at a
+# lower peak LR (val acc 0.905 at 4e-3 vs 0.911 at 1e-3; 30 epochs or more dropout did not help). The CNN
+# gains from 1 px shifts, left-right mirroring and 15 epochs (val acc 0.922 -> 0.926).
 PRESET_DATASET_TWEAKS: dict[tuple[str, str], dict] = {
-    ("mlp", "fashion-mnist"): {"shift": 0, "epochs": 15},
+    ("mlp", "fashion-mnist"): {"shift": 0, "lr": 1e-3, "epochs": 15},
+    ("cnn", "fashion-mnist"): {"shift": 1, "flip": True, "epochs": 15},
 }
 
 
