@@ -118,3 +118,13 @@ def real_fashion(monkeypatch, real_cache):
     monkeypatch.setenv("XDG_CACHE_HOME", str(real_cache))
     _real("fashion-mnist", monkeypatch)
     return data.load_dataset("fashion-mnist")
+
+
+@pytest.fixture
+def restore_threads():
+    """Puts torch's thread count back after a test that trains in-process with --threads."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

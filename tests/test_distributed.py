@@ -33,13 +33,6 @@ RUN_FILES = ["checkpoint.pt", "metrics.jsonl", "model.safetensors", "summary.jso
 RECIPE = ["--hidden", "64", "--epochs", "3", "--batch-size", "127", "--shift", "2", "--val-split", "0.1"]
 
 
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def densa_synth(root: Path, *args: str, env=None, **kw) -> subprocess.Popen:
     cmd = [sys.executable, str(HERE / "densa_synth.py"), str(root), *args]
     env = {**os.environ, "DENSA_DIST_TIMEOUT": "60", **(env or {})}

@@ -35,13 +35,6 @@ def big_synth(tmp_path, monkeypatch):
     return root
 
 
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def start(root: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, str(HERE / "densa_synth.py"), str(root), "train", "--dataset", "synth"]
     cmd += ["--data-dir", str(root), *RECIPE, "--out", str(out)]

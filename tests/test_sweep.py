@@ -18,7 +18,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from densa.cli import main
@@ -47,13 +46,6 @@ def storage_url(request, tmp_path):
             pytest.fail(message)
         pytest.skip(message)
     return url
-
-
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def worker(root: Path, url: str, study: str, *extra: str) -> subprocess.Popen:
