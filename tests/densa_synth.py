@@ -3,9 +3,20 @@
     python tests/densa_synth.py DATA_ROOT train --dataset synth --data-dir DATA_ROOT ...
 
 For tests that need a separate process (signals, torchrun); in-process tests use the fixtures.
+
+A test-only hook lets a test stop the training loop at an exact step instead of guessing with sleeps
+(environment variables, read by every rank):
+  DENSA_TEST_HOLD_STEP=K  before optimiser step K (0-based, counted over the whole run) the process writes
+                          HOLD_DIR/held-RANK and waits until HOLD_DIR/release exists; a SIGINT that arrives
+                          while it waits is recorded as HOLD_DIR/sigint-RANK once densa's handler ran.
+  DENSA_TEST_HOLD_DIR     that folder.
+  DENSA_TEST_STEP_SLEEP=S sleep S seconds before every step: the loop runs as on a machine that much slower.
 """
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -14,6 +25,43 @@ from synthetic import register  # noqa: E402
 
 from densa.cli import main  # noqa: E402
 
+HOLD_DEADLINE = 600  # seconds a held process waits for its test before giving up (a safety net only)
+
+
+def install_hook() -> None:
+    import importlib
+
+    loop = importlib.import_module("densa.train")  # the module (densa.train is also a function)
+    hold = os.environ.get("DENSA_TEST_HOLD_STEP")
+    folder = Path(os.environ.get("DENSA_TEST_HOLD_DIR", "."))
+    pause = float(os.environ.get("DENSA_TEST_STEP_SLEEP", "0"))
+    rank = os.environ.get("RANK", "0")
+    lr_at = loop.lr_at  # called once before every optimiser step, with the run's global step
+
+    def held(step, total, config):
+        if pause:
+            time.sleep(pause)
+        if hold is not None and step == int(hold):
+            densa_handler = signal.getsignal(signal.SIGINT)
+
+            def record(signum, frame):
+                if callable(densa_handler):
+                    densa_handler(signum, frame)
+                (folder / f"sigint-{rank}").touch()
+
+            signal.signal(signal.SIGINT, record)
+            (folder / f"held-{rank}").touch()
+            end = time.monotonic() + HOLD_DEADLINE
+            while not (folder / "release").exists():
+                if time.monotonic() > end:
+                    raise SystemExit(f"held at step {step} for {HOLD_DEADLINE}s and never released")
+                time.sleep(0.01)
+        return lr_at(step, total, config)
+
+    loop.lr_at = held
+
+
 if __name__ == "__main__":
     register(Path(sys.argv[1]))
+    install_hook()
     sys.exit(main(sys.argv[2:]))

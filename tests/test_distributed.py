@@ -147,6 +147,15 @@ def test_a_rank_without_torchrun_environment_is_one_line(synth, tmp_path, capsys
     assert err.count("\n") == 1 and "rank 1 could not join the other 1 ranks" in err
 
 
+def wait_for(proc: subprocess.Popen, *paths: Path, timeout: float = 600) -> None:
+    """Until every path exists; the deadline is a safety net for a hung child, never part of the logic."""
+    end = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{paths} did not all appear within {timeout}s"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
     tmp_path, monkeypatch, capsys, restore_threads
@@ -170,23 +179,23 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
         "--val-split",
         "0.1",
     ]
-    run = tmp_path / "run"
-    proc = densa_synth(root, "train", *recipe, "--nproc", "2", "--out", str(run))
+    run, hold = tmp_path / "run", tmp_path / "hold"
+    hold.mkdir()  # each rank stops before global step 265 (epoch 2, step 41) until released (densa_synth.py)
+    env = {**os.environ, "DENSA_TEST_HOLD_STEP": "265", "DENSA_TEST_HOLD_DIR": str(hold)}
+    proc = densa_synth(root, "train", *recipe, "--nproc", "2", "--out", str(run), env=env)
     try:
-        end = time.monotonic() + 120
-        while not (run / "checkpoint.pt").exists():  # epoch 1 is saved, epoch 2 is running
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < end, "no checkpoint within 120 s"
-            time.sleep(0.01)
-        time.sleep(0.2)
+        wait_for(proc, hold / "held-0", hold / "held-1")  # epoch 1 is saved, both ranks are in epoch 2
         proc.send_signal(signal.SIGINT)  # to the launcher, as Ctrl-C would; torchrun passes it on
-        stdout, stderr = proc.communicate(timeout=120)
+        wait_for(proc, hold / "sigint-0", hold / "sigint-1")
+        (hold / "release").touch()
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
     assert stderr.count("densa: interrupted") == 1  # rank 0 alone says so
     assert f"resume with: densa train --resume {run} --nproc 2" in stderr
-    assert stdout.count("Epoch ") < 3 and not (run / "summary.json").exists()
+    assert stdout.count("Epoch ") == 1 and not (run / "summary.json").exists()
+    assert load_state(run)["step"] == 41
 
     resumed = densa_synth(root, "train", "--resume", str(run), "--nproc", "2")
     stdout, stderr = resumed.communicate(timeout=300)

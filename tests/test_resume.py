@@ -35,13 +35,21 @@ def big_synth(tmp_path, monkeypatch):
     return root
 
 
-def start(root: Path, out: Path) -> subprocess.Popen:
+STEPS = 225  # steps per epoch of RECIPE on big_synth: 1,800 training images in batches of 8
+HOLD = STEPS + 40  # the global step the child is held at: epoch 2, after its 40th step
+
+
+def start(root: Path, out: Path, hold: Path, step_sleep: float = 0.0) -> subprocess.Popen:
+    """`densa train` in a child process that stops before step HOLD until the test releases it."""
     cmd = [sys.executable, str(HERE / "densa_synth.py"), str(root), "train", "--dataset", "synth"]
     cmd += ["--data-dir", str(root), *RECIPE, "--out", str(out)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "DENSA_TEST_HOLD_STEP": str(HOLD), "DENSA_TEST_HOLD_DIR": str(hold)}
+    env["DENSA_TEST_STEP_SLEEP"] = str(step_sleep)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until `path` exists; the deadline is a safety net for a hung child, never part of the logic."""
     end = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
@@ -60,16 +68,35 @@ def same_run(a: Path, b: Path) -> None:
         assert "time" not in (s / "metrics.jsonl").read_text()
 
 
+# The signal lands mid-epoch because the child is held at a known step, whatever the machine's speed.
+# To show it, each test also runs with the loop 20x slower (the child sleeps 19 step-times before every
+# step) and 20x faster relative to the test (the test waits 20 epoch-times before it acts).
+SPEEDS = ["normal", "loop-20x-slower", "loop-20x-faster"]
+
+
+def pace(speed: str, whole: Path) -> tuple[float, float]:
+    """(sleep before each step in the child, wait in the test before it signals) for `speed`."""
+    epoch = json.loads((whole / "summary.json").read_text())["epoch_times_s"][0]
+    if speed == "loop-20x-slower":
+        return 19 * epoch / STEPS, 0.0
+    if speed == "loop-20x-faster":
+        return 0.0, 20 * epoch
+    return 0.0, 0.0
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(big_synth, tmp_path, capsys, restore_threads):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+@pytest.mark.parametrize("speed", SPEEDS)
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(big_synth, tmp_path, capsys, restore_threads, speed):
+    whole, killed, hold = tmp_path / "whole", tmp_path / "killed", tmp_path / "hold"
     assert main(["train", "--dataset", "synth", *RECIPE, "--out", str(whole)]) == 0
     capsys.readouterr()
+    step_sleep, wait = pace(speed, whole)
 
-    proc = start(big_synth, killed)
+    hold.mkdir()
+    proc = start(big_synth, killed, hold, step_sleep)
     try:
-        wait_for(killed / "checkpoint.pt", proc)  # epoch 1 is saved; epoch 2 is running
-        time.sleep(0.2)
+        wait_for(hold / "held-0", proc)  # epoch 1 is saved; epoch 2 stands before step 41
+        time.sleep(wait)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -91,30 +118,35 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(big_synth, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_mid_epoch_and_says_how_to_resume(big_synth, tmp_path, capsys, restore_threads):
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+@pytest.mark.parametrize("speed", SPEEDS)
+def test_ctrl_c_saves_mid_epoch_and_says_how_to_resume(big_synth, tmp_path, capsys, restore_threads, speed):
+    whole, stopped, hold = tmp_path / "whole", tmp_path / "stopped", tmp_path / "hold"
     assert main(["train", "--dataset", "synth", *RECIPE, "--out", str(whole)]) == 0
     capsys.readouterr()
+    step_sleep, wait = pace(speed, whole)
 
-    proc = start(big_synth, stopped)
+    hold.mkdir()
+    proc = start(big_synth, stopped, hold, step_sleep)
     try:
-        wait_for(stopped / "checkpoint.pt", proc)
-        time.sleep(0.2)
+        wait_for(hold / "held-0", proc)
+        time.sleep(wait)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        wait_for(hold / "sigint-0", proc)  # densa's handler has run: the loop will stop after this step
+        (hold / "release").touch()
+        _, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 130
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("densa: interrupted in epoch "), err
-    assert lines[0].endswith(
+    assert lines == [
+        f"densa: interrupted in epoch 2 after step 41 of {STEPS}; saved {stopped}/checkpoint.pt; "
         f"resume with: densa train --resume {stopped} --data-dir {big_synth} --threads 1"
-    )
+    ], err
     state = load_state(stopped)
-    assert state["epoch"] == 1 and state["step"] > 0 and state["perm"] is not None  # saved mid-epoch 2
+    assert state["epoch"] == 1 and state["step"] == 41 and state["perm"] is not None  # saved mid-epoch 2
 
     assert main(["train", "--resume", str(stopped), "--threads", "1"]) == 0
-    assert f"after epoch 1, step {state['step']}" in capsys.readouterr().out
+    assert "after epoch 1, step 41" in capsys.readouterr().out
     same_run(whole, stopped)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import __version__
 from .config import ModelConfig
-from .data import atomic_path
+from .data import write_atomic
 from .errors import DensaError
 from .models import build_model
 
@@ -75,13 +75,13 @@ def build_meta(
 
 def save(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
     """Write the weights and `meta` (see build_meta) to `path`, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, **{k: json.dumps(meta.get(k)) for k in META_KEYS}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    # serialised in memory, then written by plain OS calls: a full disk is an OSError naming the file
+    write_atomic(path, to_bytes(tensors, metadata=metadata))
     return path
 
 
@@ -167,8 +167,9 @@ def save_state(path: str | os.PathLike, state: dict) -> Path:
         "sha256": hashlib.sha256(raw).hexdigest(),
         "state": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    out = io.BytesIO()
+    torch.save(blob, out)
+    write_atomic(path, out.getbuffer())
     return path
 
 

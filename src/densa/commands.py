@@ -19,20 +19,38 @@ from .errors import DensaError
 def cmd_train(args) -> int:
     import torch
 
-    from .config import PRESETS, resolve
     from .distributed import launched
-    from .run import resume_configs, run_training
-    from .train import Interrupted
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.resume and args.out:
+        raise DensaError(f"--resume continues {args.resume} in place; drop --out")
+    lock = None
+    if args.resume and not launched() and not (args.nproc and args.nproc > 1) and Path(args.resume).is_dir():
+        from .runfolder import RunLock
+
+        lock = RunLock(args.resume).acquire()  # before reading the checkpoint: no one else may write it
+    try:
+        return _train(args, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, lock) -> int:
+    import torch
+
+    from .config import PRESETS, resolve
+    from .distributed import launched
+    from .run import open_resume, resume_configs, run_training
+    from .train import Interrupted
+
     given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
     state = None
     if args.resume:
         from .checkpoint import load_state
 
-        if args.out:
-            raise DensaError(f"--resume continues {args.resume} in place; drop --out")
+        open_resume(Path(args.resume))
         state = load_state(args.resume)
         model_config, config, preset = resume_configs(Path(args.resume), state, given)
         out = Path(args.resume)
@@ -63,7 +81,7 @@ def cmd_train(args) -> int:
     try:
         r = run_training(
             model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
-            preset=preset, state=state, ranks=ranks,
+            preset=preset, state=state, ranks=ranks, lock=lock,
         )  # fmt: skip
     except Interrupted as e:
         if ranks is None or ranks.rank == 0:

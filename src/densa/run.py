@@ -9,6 +9,7 @@ to continue, rewritten after each epoch; `densa train --resume RUN`). Ctrl-C sav
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -18,10 +19,10 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .data import WriteError
 from .errors import DensaError
+from .runfolder import RUN_FILES
 from .train import Interrupted, NonFiniteLoss, epoch_line, holdout, train
-
-RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json", "checkpoint.pt")
 
 
 def default_out(config: TrainConfig, model: str = "mlp") -> Path:
@@ -34,15 +35,41 @@ def default_out(config: TrainConfig, model: str = "mlp") -> Path:
     return out
 
 
-def prepare_out(out: Path) -> None:
-    """Refuse a folder that holds a run already (checked before loading anything; created later)."""
-    if out.exists() and not out.is_dir():
-        raise DensaError(f"--out {out} is a file; pass a folder for the run")
-    taken = [n for n in RUN_FILES if (out / n).exists()]
-    if taken:
+def open_resume(run: Path) -> None:
+    """Before loading a run's checkpoint: a folder without one is a run that never finished epoch 1."""
+    from .checkpoint import STATE_FILE
+
+    if run.is_dir() and not (run / STATE_FILE).exists():
         raise DensaError(
-            f"--out {out} already holds a run ({', '.join(taken)}); pass a new folder, remove it, "
-            f"or continue it with `densa train --resume {out}`"
+            f"{run} has no {STATE_FILE} to resume from: it never finished its first epoch; start it again "
+            f"with `densa train --out {run}` and the flags it was started with"
+        )
+
+
+def _extendable(run: Path, state: dict, config: TrainConfig, epochs: int) -> None:
+    """Can the saved run (`config`, `state`) go on to `epochs` epochs as if it had been asked for them?"""
+    done = state["epoch"]
+    if epochs <= done:
+        raise DensaError(f"{run} has trained {done} epochs already; pass --epochs N with N > {done}")
+    if state.get("stopped"):
+        raise DensaError(
+            f"{run} stopped early (its val loss did not improve for {config.early_stop} epochs), so more "
+            f"epochs would not follow its own rule; start a new run with --out"
+        )
+    if config.schedule != "constant":
+        raise DensaError(
+            f"{run} used the {config.schedule} learning-rate schedule, planned for {config.epochs} epochs "
+            f"(each step's rate depends on the total): it cannot be stretched to {epochs}; start a new run "
+            f"with --out and --epochs {epochs}"
+        )
+    if state["step"]:  # stopped mid-epoch: that epoch's permutation gives the steps per epoch
+        per_epoch = math.ceil(len(state["perm"]) / config.batch_size)
+    else:
+        per_epoch = state["global_step"] // done
+    if config.warmup and int(config.warmup * per_epoch * epochs) > state["global_step"]:
+        raise DensaError(
+            f"{run}'s warm-up is a share ({config.warmup}) of all steps: with --epochs {epochs} it would "
+            f"not be over yet; start a new run with --out"
         )
 
 
@@ -53,8 +80,15 @@ def resume_configs(run: Path, state: dict, given: dict) -> tuple[ModelConfig, Tr
     model_config = ModelConfig.from_dict(state["model_config"])
     config = TrainConfig.from_dict(state["train_config"])
     preset = state.get("preset", "seed")
-    if (run / "summary.json").exists():
-        raise DensaError(f"{run} is a finished run ({state['epoch']} epochs); start a new run with --out")
+    more = given.pop("epochs", config.epochs)
+    if (run / "summary.json").exists() and more == config.epochs:
+        raise DensaError(
+            f"{run} is a finished run ({state['epoch']} epochs); to train it further pass --epochs N "
+            f"(more than {state['epoch']}), or start a new run with --out"
+        )
+    if more != config.epochs:
+        _extendable(run, state, config, more)
+        config = replace(config, epochs=more)
     if (run / "model.safetensors").exists():
         saved = read_meta(run)["model"]
         if ModelConfig.from_dict(saved) != model_config:
@@ -94,17 +128,60 @@ def run_training(
     preset: str = "seed",
     state: dict | None = None,
     ranks=None,
+    lock=None,
 ) -> dict:
     """Train and write the run folder `out`; with `state` (from checkpoint.load_state), continue it.
 
     With `ranks` (densa.distributed.Group) this is one process of a data-parallel run: all ranks train
-    and evaluate, rank 0 alone logs and writes the folder.
+    and evaluate, rank 0 alone logs and writes the folder. The folder is held (runfolder.RunLock) from
+    before anything is loaded until the run ends; pass `lock` when the caller took it already.
     """
+    from .runfolder import RunLock
+
+    rank0 = ranks is None or ranks.rank == 0
+    out = Path(out) if out is not None else default_out(config, model_config.model)
+    if ranks is not None:
+        out = ranks.broadcast(out)  # a default folder's name holds rank 0's clock
+    own = rank0 and lock is None
+    error = None
+    if own:
+        try:
+            lock = RunLock(out).acquire()
+        except DensaError as e:
+            if ranks is None:
+                raise
+            error = str(e)
+    if ranks is not None:
+        ranks.check(error)  # every rank stops if rank 0 could not take the folder
+    try:
+        return _run(model_config, config, out, data_dir, log, progress, preset, state, ranks)
+    except WriteError as e:
+        if e.path.parent != out:
+            raise
+        raise DensaError(f"{e}; {kept(out)}") from None
+    finally:
+        if own:
+            lock.release()
+
+
+def kept(out: Path) -> str:
+    """What a run folder still holds after a failed write, and the command that goes on from there."""
+    from .checkpoint import load_state
+
+    try:
+        epoch = load_state(out)["epoch"]
+    except DensaError:
+        return f"no epoch was saved: run the same command again once it can write to {out}"
+    return f"{out}/ keeps the checkpoint of epoch {epoch}: `densa train --resume {out}` goes on from there"
+
+
+def _run(model_config, config, out, data_dir, log, progress, preset, state, ranks) -> dict:
     from .checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
     from .data import load_dataset, write_atomic
     from .device import resolve_device, resolve_precision
     from .evaluate import evaluate, format_prediction, predict_proba
     from .models import build_model, count_parameters
+    from .runfolder import check_new_run, check_space, remove_temp_files
 
     rank0 = ranks is None or ranks.rank == 0
     if not rank0:
@@ -114,15 +191,15 @@ def run_training(
         raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    out = Path(out) if out is not None else default_out(config, model_config.model)
     if ranks is not None:
         from .distributed import error_of
 
-        out = ranks.broadcast(out)  # a default folder's name holds rank 0's clock
         if state is None:
-            ranks.check(error_of(prepare_out, out) if rank0 else None)
+            ranks.check(error_of(check_new_run, out, log) if rank0 else None)
     elif state is None:
-        prepare_out(out)
+        check_new_run(out, log)
+    else:
+        remove_temp_files(out)
     t_start = time.perf_counter()
     ds = load_dataset(config.dataset, data_dir)
     t_loaded = time.perf_counter()
@@ -165,7 +242,12 @@ def run_training(
         x, y, val = x[tr], y[tr], (x[va], y[va])
         log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {config.seed})")
     if rank0:
-        out.mkdir(parents=True, exist_ok=True)
+        # the model file, and the checkpoint with the optimiser's state and one epoch's order, each
+        # twice while a new copy replaces the old one; checked now rather than after an epoch
+        check_space(out, 2 * (4 * count_parameters(model) * 4 + 8 * len(x)) + 1_000_000)
+        if state is not None and (out / "summary.json").exists():  # a finished run asked for more epochs
+            (out / "summary.json").unlink()
+            log(f"training {out} further: epochs {state['epoch'] + 1} to {config.epochs}")
     ds_meta = dataset_meta(ds.spec)
     train_meta = {
         **config.to_dict(),
@@ -208,8 +290,6 @@ def run_training(
     except NonFiniteLoss as e:
         if e.epoch > 1 or state is not None:
             raise DensaError(f"{e} ({out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
-        if rank0 and not any(out.iterdir()):
-            out.rmdir()
         raise DensaError(f"{e} (no epoch finished, nothing was saved)") from None
     finally:
         if main_thread:
