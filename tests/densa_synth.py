@@ -11,6 +11,8 @@ A test-only hook lets a test stop the training loop at an exact step instead of 
                           while it waits is recorded as HOLD_DIR/sigint-RANK once densa's handler ran.
   DENSA_TEST_HOLD_DIR     that folder.
   DENSA_TEST_STEP_SLEEP=S sleep S seconds before every step: the loop runs as on a machine that much slower.
+  DENSA_TEST_KILL_AT_RENAME=N  SIGKILL itself at the Nth atomic rename of a run file, its temp file written: a crash in
+                          the middle of saving (per epoch: metrics.jsonl, model.safetensors, checkpoint.pt).
 """
 
 import os
@@ -59,6 +61,19 @@ def install_hook() -> None:
         return lr_at(step, total, config)
 
     loop.lr_at = held
+
+    kill_at = int(os.environ.get("DENSA_TEST_KILL_AT_RENAME", "0"))
+    if kill_at:
+        replace, calls = os.replace, []
+
+        def killing_replace(src, dst):
+            if Path(dst).name in ("metrics.jsonl", "model.safetensors", "checkpoint.pt", "summary.json"):
+                calls.append(dst)  # a run's own files, not the dataset cache
+            if len(calls) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return replace(src, dst)
+
+        os.replace = killing_replace
 
 
 if __name__ == "__main__":
