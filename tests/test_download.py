@@ -207,7 +207,7 @@ def test_gz_only_download_keeps_the_verified_gz(gz_only, server, isolated):
 def test_kmnist_row(monkeypatch, server, isolated):
     spec = data.DATASETS["kmnist"]
     assert spec.classes == ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
-    assert spec.mirrors == ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",)
+    assert spec.mirrors == ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",)
     published = {  # rois-codh/kmnist's README (and ../shared/data/README.md)
         "train_images": "md5:bdb82020997e1d708af4cf47b453dcf7",
         "train_labels": "md5:e144d726b3acfaa3e44228e80efcd344",

@@ -296,7 +296,7 @@ def cmd_data(args) -> int:
                 if args.action == "download" and found is None:
                     path = download(spec, f)
                     where = f"downloaded: {path}"
-                load_file(spec, key, args.data_dir, allow_download=False)
+                load_file(spec, key, args.data_dir, allow_download=False, verify_source=True)
                 print(f"  {f.name:<26} ok  {(f.checksum or f.gz_checksum)[:19]}…  {where}")
             except DensaError as e:
                 failed += 1

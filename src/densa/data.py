@@ -11,7 +11,10 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import http.client
+import io
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -116,7 +119,8 @@ DATASETS: dict[str, DatasetSpec] = {
                 "test_labels": "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
             }
         ),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        # The project's own copies in its GitHub repository (its S3 website mirror serves only plain http).
+        mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",),
         classes=(
             "T-shirt/top",
             "Trouser",
@@ -147,7 +151,7 @@ DATASETS: dict[str, DatasetSpec] = {
             },
             gz=True,
         ),
-        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
         classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
         mean=0.1918,
         std=0.3483,
@@ -188,15 +192,25 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Pa
 
 
 def locate(spec: DatasetSpec, f: DataFile, dirs: list[tuple[str, Path]]) -> tuple[str, Path] | None:
-    """The first copy of `f` (decompressed or .gz) in `dirs`, as (label, path)."""
+    """The first copy of `f` (decompressed or .gz) in `dirs`, as (label, path).
+
+    Where a folder has no real copy but a folder (or other non-file) under the file's name, that is
+    returned, so that reading it says what is wrong instead of quietly using a copy further down.
+    """
     for label, d in dirs:
-        for candidate in (d / spec.name / f.name, d / spec.name / (f.name + ".gz")):
+        candidates = (d / spec.name / f.name, d / spec.name / (f.name + ".gz"))
+        for candidate in candidates:
             if candidate.is_file():
+                return label, candidate
+        for candidate in candidates:
+            if candidate.exists():
                 return label, candidate
     return None
 
 
 # --------------------------------------------------------------------------- bytes in, verified
+
+CHUNK = 1 << 20  # bytes read at a time: the most a bounded read holds beyond a file's expected size
 
 
 def checksum_ok(data: bytes | bytearray | memoryview, checksum: str) -> bool:
@@ -204,14 +218,38 @@ def checksum_ok(data: bytes | bytearray | memoryview, checksum: str) -> bool:
     return hashlib.new(algo, data).hexdigest() == expected
 
 
-def gunzip(path: Path, raw: bytes | None = None) -> bytearray:
-    """The decompressed content of the gzip file at `path` (or of its bytes `raw`, already read)."""
+def gz_limit(size: int) -> int:
+    """The most bytes a .gz of a `size`-byte file can take (deflate's stored blocks add 5 bytes per
+    64 KiB, gzip a header that may hold a name); a bigger .gz is not that file."""
+    return size + size // 1000 + (1 << 16)
+
+
+def read_bounded(stream, limit: int) -> bytearray:
+    """Read `stream` to its end, but never more than limit + 1 bytes (a result that long is refused).
+
+    One buffer of limit + 1 bytes is filled at most CHUNK bytes at a time, so a gzip bomb or a huge
+    file costs no more memory than the file it claims to be.
+    """
+    buf = bytearray(limit + 1)
+    n = 0
+    with memoryview(buf) as view:
+        while n <= limit and (got := stream.readinto(view[n : n + CHUNK])):
+            n += got
+    del buf[n:]
+    return buf
+
+
+def gunzip(path: Path, size: int, raw: bytes | None = None, hint: str = "") -> bytearray:
+    """The decompressed content of the gzip file at `path` (or of its bytes `raw`, already read).
+
+    Decompression stops past `size` bytes, the most the file may hold: the result is then
+    size + 1 bytes long, which callers refuse.
+    """
     try:
-        if raw is None:
-            raw = path.read_bytes()
-        return bytearray(gzip.decompress(raw))
+        with gzip.GzipFile(path) if raw is None else gzip.GzipFile(fileobj=io.BytesIO(raw)) as src:
+            return read_bounded(src, size)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not a complete gzip file ({e})") from None
+        raise DataError(f"{path}: not a complete gzip file ({e}){'; ' + hint if hint else ''}") from None
 
 
 _UMASK = os.umask(0)
@@ -274,34 +312,90 @@ def _fix_hint(spec: DatasetSpec, label: str) -> str:
     return "replace it with a good copy (or remove it to let densa use the cache or download)"
 
 
-def read_file(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearray:
+@contextmanager
+def _reading(path: Path, hint: str):
+    """Turn a failed read (no permission, I/O error, vanished file) into one line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}); {hint}") from None
+
+
+def _check_size(spec: DatasetSpec, f: DataFile, path: Path, hint: str) -> None:
+    """Refuse, before reading a byte, what is not a file or cannot be `f` by its size."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DataError(f"{path}: is {what}, not {spec.name}'s {f.name}; {hint}")
+    if st.st_size == 0:
+        raise DataError(f"{path}: is empty (0 bytes), not {spec.name}'s {f.name}; {hint}")
+    if path.suffix == ".gz" and st.st_size > gz_limit(f.size):
+        raise DataError(
+            f"{path}: {st.st_size:,} bytes, more than any gzip of {spec.name}'s {f.name} "
+            f"({f.size:,} bytes) can take, so it is not that file (not read); {hint}"
+        )
+    if path.suffix != ".gz" and st.st_size != f.size:
+        raise DataError(
+            f"{path}: {st.st_size:,} bytes, but {spec.name}'s {f.name} is {f.size:,} bytes, so it is "
+            f"cut short or another file (not read); {hint}"
+        )
+
+
+def read_file(
+    spec: DatasetSpec, f: DataFile, label: str, path: Path, verify_source: bool = False
+) -> bytearray:
     """The verified, decompressed bytes of `f` found at `path`.
 
     A .gz is decompressed once; the verified result is kept in the user cache, where later loads
     find it without unpacking again (the cache copy is itself re-verified each time: hashing is cheap).
+    verify_source=True reads and checks the file at `path` itself, even when that cache copy is good.
+    Nothing is read past the size the table gives, so a huge file or a gzip bomb is refused cheaply.
     """
     if f.gz_only:
         return _read_gz_only(spec, f, label, path)
     memo = cache_dir() / spec.name / f.name
-    if path.suffix == ".gz":
-        if memo.is_file() and memo != path:
-            data = bytearray(memo.read_bytes())
-            if checksum_ok(data, f.checksum):
-                return data
-        data = gunzip(path)
-    else:
-        data = bytearray(path.read_bytes())
+    gz = path.suffix == ".gz"
+    if gz and not verify_source and memo != path and (data := _cached_copy(f, memo)) is not None:
+        return data
+    hint = _fix_hint(spec, label)
+    with _reading(path, hint):
+        _check_size(spec, f, path, hint)
+        if gz:
+            data = gunzip(path, f.size, hint=hint)
+        else:
+            with open(path, "rb") as src:
+                data = read_bounded(src, f.size)
+    if len(data) > f.size:
+        raise DataError(
+            f"{path}: decompresses to more than {f.size:,} bytes, the size of {spec.name}'s {f.name}, "
+            f"so it is not that file (stopped reading there); {hint}"
+        )
     if not checksum_ok(data, f.checksum):
         raise DataError(
             f"{path}: checksum mismatch, this is not {spec.name}'s {f.name} "
-            f"({len(data):,} bytes decompressed, expected {f.size:,}); {_fix_hint(spec, label)}"
+            f"({len(data):,} bytes decompressed, expected {f.size:,}); {hint}"
         )
-    if path.suffix == ".gz":
+    if gz:
         try:
             write_atomic(memo, data)
-        except OSError as e:  # a read-only or full cache only costs speed
-            print(f"densa: warning: could not cache {memo} ({e.strerror})", file=sys.stderr)
+        except (OSError, DensaError) as e:  # a read-only or full cache only costs speed
+            print(
+                f"densa: warning: could not cache {memo} ({getattr(e, 'strerror', None) or e})",
+                file=sys.stderr,
+            )
     return data
+
+
+def _cached_copy(f: DataFile, memo: Path) -> bytearray | None:
+    """The cache's decompressed copy of `f` if it is there and verified, else None (it is rebuilt)."""
+    try:
+        if not memo.is_file() or memo.stat().st_size != f.size:
+            return None
+        with open(memo, "rb") as src:
+            data = read_bounded(src, f.size)
+    except OSError:
+        return None
+    return data if checksum_ok(data, f.checksum) else None
 
 
 def _read_gz_only(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> bytearray:
@@ -312,16 +406,35 @@ def _read_gz_only(spec: DatasetSpec, f: DataFile, label: str, path: Path) -> byt
             f"{path}: densa cannot verify a decompressed {spec.name} file (only the {algo} of "
             f"{f.name}.gz is published); put the original {f.name}.gz there instead"
         )
-    raw = path.read_bytes()
+    hint = _fix_hint(spec, label)
+    with _reading(path, hint):
+        _check_size(spec, f, path, hint)
+        with open(path, "rb") as src:
+            raw = read_bounded(src, gz_limit(f.size))
     if not checksum_ok(raw, f.gz_checksum):
         raise DataError(
             f"{path}: checksum mismatch, this is not {spec.name}'s {f.name}.gz as published "
-            f"({f.gz_checksum}); {_fix_hint(spec, label)}"
+            f"({f.gz_checksum}); {hint}"
         )
-    data = gunzip(path, raw)
+    data = gunzip(path, f.size, raw, hint)
     if len(data) != f.size:
         raise DataError(f"{path}: decompresses to {len(data):,} bytes, expected {f.size:,}")
     return data
+
+
+@contextmanager
+def _writing(path: Path):
+    """Turn a failed write into the cache (full disk, read-only folder) into one line naming the path.
+
+    It raises a DensaError, not a DataError: download() must not take it for a bad mirror and try the next.
+    """
+    try:
+        yield
+    except OSError as e:
+        raise DensaError(
+            f"cannot write {path} ({e.strerror or e}); make room there or make it writable, or set "
+            "XDG_CACHE_HOME to another folder"
+        ) from None
 
 
 def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
@@ -329,42 +442,31 @@ def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) 
 
     The cache keeps the decompressed file, or for a gz-only file (see DataFile) the verified .gz.
     """
-    from tqdm import tqdm
-
     dest = cache_dir() / spec.name / f.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for mirror in spec.mirrors:
         url = mirror.rstrip("/") + "/" + f.name + ".gz"
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.name}.", suffix=".part")
+        with _writing(dest.parent):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{f.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                total = int(r.headers.get("Content-Length") or 0) or None
-                got = 0
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f.name + ".gz", leave=False) as bar:
-                    while chunk := r.read(1 << 16):
-                        out.write(chunk)
-                        got += len(chunk)
-                        bar.update(len(chunk))
-                if total is not None and got != total:
-                    raise DataError(f"connection closed after {got:,} of {total:,} bytes")
+            try:
+                data = _fetch(url, fd, Path(tmp), f, timeout)
+            except urllib.error.HTTPError as e:
+                failures.append(f"{url}: HTTP {e.code}")
+                continue
+            except urllib.error.URLError as e:
+                failures.append(f"{url}: {e.reason}")
+                continue
+            except (OSError, http.client.HTTPException, DataError) as e:
+                failures.append(f"{url}: {str(e) or type(e).__name__}")
+                continue
             if f.gz_only:
-                if not checksum_ok(Path(tmp).read_bytes(), f.gz_checksum):
-                    raise DataError(f"checksum mismatch of the .gz (expected {f.gz_checksum})")
-                gunzip(Path(tmp))  # complete?
-                os.replace(tmp, dest.with_name(f.name + ".gz"))
+                with _writing(dest.parent):
+                    os.replace(tmp, dest.with_name(f.name + ".gz"))
                 return dest.with_name(f.name + ".gz")
-            data = gunzip(Path(tmp))
-            if not checksum_ok(data, f.checksum):
-                raise DataError("checksum mismatch after decompressing")
             write_atomic(dest, data)
             return dest
-        except urllib.error.HTTPError as e:
-            failures.append(f"{url}: HTTP {e.code}")
-        except urllib.error.URLError as e:
-            failures.append(f"{url}: {e.reason}")
-        except (OSError, DataError) as e:
-            failures.append(f"{url}: {e}")
         finally:
             Path(tmp).unlink(missing_ok=True)
     raise DataError(
@@ -372,6 +474,42 @@ def download(spec: DatasetSpec, f: DataFile, timeout: float = DOWNLOAD_TIMEOUT) 
         f"({'; '.join(failures)}); without network, put the files in DIR/{spec.name}/ and pass "
         f"--data-dir DIR or set DENSA_DATA_DIR=DIR"
     )
+
+
+def _fetch(url: str, fd: int, tmp: Path, f: DataFile, timeout: float) -> bytearray:
+    """Stream `url` (f's .gz) into the open temp file `fd`, verify it; the decompressed bytes.
+
+    A mirror that sends more than any .gz of the file can take is cut off there.
+    """
+    from tqdm import tqdm
+
+    limit = gz_limit(f.size)
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        if total is not None and total > limit:
+            raise DataError(f"{total:,} bytes, more than a .gz of {f.name} ({f.size:,} bytes) can take")
+        got = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f.name + ".gz", leave=False) as bar:
+            while chunk := r.read(1 << 16):
+                got += len(chunk)
+                if got > limit:
+                    raise DataError(f"sent more than {limit:,} bytes, more than a .gz of {f.name} can take")
+                with _writing(tmp):
+                    out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and got != total:
+            raise DataError(f"connection closed after {got:,} of {total:,} bytes")
+        with _writing(tmp):
+            out.flush()
+    if f.gz_only and not checksum_ok(tmp.read_bytes(), f.gz_checksum):  # at most `limit` bytes
+        raise DataError(f"checksum mismatch of the .gz (expected {f.gz_checksum})")
+    data = gunzip(tmp, f.size)
+    if len(data) != f.size:
+        more = "more than " if len(data) > f.size else ""
+        raise DataError(f"decompresses to {more}{min(len(data), f.size):,} bytes, expected {f.size:,}")
+    if not f.gz_only and not checksum_ok(data, f.checksum):
+        raise DataError("checksum mismatch after decompressing")
+    return data
 
 
 def read_idx(data: bytes | bytearray, source: str, magic: int):
@@ -432,9 +570,12 @@ class Dataset:
 
 
 def load_file(
-    spec: DatasetSpec, key: str, data_dir=None, allow_download: bool = True
+    spec: DatasetSpec, key: str, data_dir=None, allow_download: bool = True, verify_source: bool = False
 ) -> tuple[bytearray, str]:
-    """Verified bytes of one of the dataset's files, and a description of where they came from."""
+    """Verified bytes of one of the dataset's files, and a description of where they came from.
+
+    verify_source=True checks the file found itself, not the cache's decompressed copy of it.
+    """
     f = spec.files[key]
     found = locate(spec, f, search_dirs(data_dir))
     if found is None:
@@ -445,7 +586,7 @@ def load_file(
         path = download(spec, f)
         return read_file(spec, f, "cache", path), f"downloaded to {path}"
     label, path = found
-    return read_file(spec, f, label, path), str(path)
+    return read_file(spec, f, label, path, verify_source), str(path)
 
 
 def load_dataset(
