@@ -11,8 +11,9 @@ A test-only hook lets a test stop the training loop at an exact step instead of 
                           while it waits is recorded as HOLD_DIR/sigint-RANK once densa's handler ran.
   DENSA_TEST_HOLD_DIR     that folder.
   DENSA_TEST_STEP_SLEEP=S sleep S seconds before every step: the loop runs as on a machine that much slower.
-  DENSA_TEST_KILL_AT_RENAME=N  SIGKILL itself at the Nth atomic rename of a run file, its temp file written: a crash in
-                          the middle of saving (per epoch: metrics.jsonl, model.safetensors, checkpoint.pt).
+  DENSA_TEST_KILL_AT_RENAME=N  SIGKILL itself at the Nth atomic rename of a run file, its temp file
+                          written: a crash in the middle of saving (each epoch writes metrics.jsonl,
+                          model.safetensors, checkpoint.pt in that order).
 """
 
 import os
