@@ -149,7 +149,7 @@ def check_shapes(file, config: ModelConfig, shapes: dict, what: str) -> None:
         else f"an extra tensor {extra[0]}"
     )
     raise CheckpointError(
-        f"{file}: {what} do not match the model its metadata describes ({config.model} "
+        f"{file}: {what} do not match the architecture its metadata describes ({config.model} "
         f"{list(config.hidden)}: {why}); the file is damaged or not written by densa"
     )
 

@@ -329,14 +329,14 @@ class OnnxPredictor:
 
     def _checked(self, meta: dict, classes) -> tuple[dict, list[str]]:
         """The metadata checked as a checkpoint's is, and the flat properties against it and the graph."""
-        from .config import ModelConfig
         from .metadata import check_classes, check_meta, check_rule, refuse
 
         if not isinstance(meta["export"], dict):
             raise refuse(self.path, "densa.export", "a JSON object", meta["export"])
-        meta = check_meta(meta, self.path, prefix="densa.")
-        width = self.session.get_outputs()[0].shape[-1]  # an int, unless the graph left it symbolic
-        n = width if isinstance(width, int) else ModelConfig.from_dict(meta["model"]).num_classes
+        n = self.session.get_outputs()[0].shape[-1]  # an int, unless the graph left it symbolic
+        if not isinstance(n, int):
+            n = self.session.run([OUTPUTS[1]], {INPUT: np.zeros((1, 28, 28), np.float32)})[0].shape[-1]
+        meta = check_meta(meta, self.path, prefix="densa.", outputs=n)
         classes = check_classes(self.path, "densa.classes", classes, n)
         if classes != meta["dataset"]["classes"]:
             raise refuse(self.path, "densa.classes", "the class names of densa.dataset", classes)

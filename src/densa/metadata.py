@@ -63,21 +63,27 @@ def check_rule(file, name: str, rule) -> str:
     return rule
 
 
-def check_meta(meta, file, prefix: str = "") -> dict:
+def check_meta(meta, file, prefix: str = "", outputs: int | None = None) -> dict:
     """Decoded metadata (one value per META_KEYS) -> the same, checked, with dataset.preprocess filled in.
 
-    `prefix` is how the file spells the keys (the ONNX properties are 'densa.model', ...).
+    A checkpoint's "model" is the ModelConfig its weights are built from; an ONNX file's graph is the
+    model (any nn.Module can be exported), so there `outputs` (the graph's class count) is given and
+    "model" only describes it. `prefix` is how the file spells the keys ('densa.model', ... in ONNX).
     """
     for key in META_KEYS:
         if not isinstance(meta.get(key), dict):
             raise refuse(file, prefix + key, "a JSON object", meta.get(key))
-    config = field(file, prefix + "model", ModelConfig.from_dict, meta["model"])
+    if outputs is None:
+        outputs = field(file, prefix + "model", ModelConfig.from_dict, meta["model"]).num_classes
+    kind = meta["model"].get("model", "")
+    if not (isinstance(kind, str) and len(kind) <= MAX_NAME):
+        raise refuse(file, f"{prefix}model.model", f"a model name of at most {MAX_NAME} characters", kind)
     ds = meta["dataset"]
     if not (isinstance(ds.get("name"), str) and 0 < len(ds["name"]) <= MAX_NAME):
         raise refuse(
             file, f"{prefix}dataset.name", f"a dataset name of 1..{MAX_NAME} characters", ds.get("name")
         )
-    check_classes(file, f"{prefix}dataset.classes", ds.get("classes"), config.num_classes)
+    check_classes(file, f"{prefix}dataset.classes", ds.get("classes"), outputs)
     for key in ("mean", "std"):
         if key in ds and not is_number(ds[key]):
             raise refuse(file, f"{prefix}dataset.{key}", "a finite number", ds[key])

@@ -122,7 +122,7 @@ def test_weights_unlike_their_metadata_are_refused_before_the_model_is_built(tin
         errors_with(
             capsys,
             argv,
-            f"{bad}: its weights do not match the model its metadata describes",
+            f"{bad}: its weights do not match the architecture its metadata describes",
             "net.0.weight is [16, 784]",
         )
     with pytest.raises(DensaError, match=r"net\.0\.weight is \[16, 784\], not \[65536, 784\]"):
@@ -145,7 +145,7 @@ ONNX_CASES = [
     ("classes-disagree", "densa.classes", json.dumps([str(9 - i) for i in range(10)]), "densa.classes"),
     ("unknown-rule", "densa.preprocess", "nope", "densa.preprocess"),
     ("model-not-object", "densa.model", "5", "densa.model"),
-    ("hidden-string", "densa.model", '{"model": "mlp", "hidden": "abc"}', "densa.model.hidden"),
+    ("model-name-number", "densa.model", '{"model": 5}', "densa.model.model"),
     ("dataset-null", "densa.dataset", "null", "densa.dataset"),
     ("dataset-empty", "densa.dataset", "{}", "densa.dataset.name"),
     ("model-id-empty", "densa.model_id", "", "densa.model_id"),
@@ -245,7 +245,7 @@ STATE_CASES = [
     (
         "weights-other-model",
         lambda s: {**s, "model_config": {**s["model_config"], "hidden": [32]}},
-        "its weights do not match the model its metadata describes",
+        "its weights do not match the architecture its metadata describes",
     ),
     (
         "optimizer-other-model",
