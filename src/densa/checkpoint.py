@@ -251,9 +251,8 @@ def check_tensors(state: dict, file, config: ModelConfig) -> None:
                 file, name, f"a uint8 tensor of {want.numel()} bytes (an RNG state)", shown=_kind(got)
             )
     perm = state.get("perm")
-    if state["step"] and not (
-        isinstance(perm, torch.Tensor) and perm.dtype == torch.int64 and perm.dim() == 1
-    ):
+    is_perm = isinstance(perm, torch.Tensor) and perm.dtype == torch.int64 and perm.dim() == 1
+    if state["step"] and not (is_perm and torch.equal(perm.sort().values, torch.arange(len(perm)))):
         raise refuse(file, "perm", "the int64 permutation of the interrupted epoch", shown=_kind(perm))
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise refuse(file, "model", "a state dict of tensors", shown="other values")

@@ -242,6 +242,7 @@ STATE_CASES = [
     ("no-optimizer", _without("optimizer"), "metadata field optimizer must be"),
     ("generator-short", lambda s: {**s, "generator": torch.zeros(3, dtype=torch.uint8)}, "field generator"),
     ("perm-missing", lambda s: {**s, "step": 3, "perm": None}, "metadata field perm must be"),
+    ("perm-repeats", lambda s: {**s, "step": 3, "perm": torch.zeros(100, dtype=torch.int64)}, "field perm"),
     (
         "weights-other-model",
         lambda s: {**s, "model_config": {**s["model_config"], "hidden": [32]}},
@@ -274,3 +275,29 @@ def test_unedited_state_still_loads(state, tmp_path):
     save_state(tmp_path / "checkpoint.pt", state)
     again = load_state(tmp_path / "checkpoint.pt")
     assert again["epoch"] == 1 and list(again["model_config"]["hidden"]) == [16]
+    mid_epoch = {**state, "step": 3, "perm": torch.randperm(100)}  # as Ctrl-C saves it mid-epoch
+    save_state(tmp_path / "checkpoint.pt", mid_epoch)
+    assert load_state(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_states_of_other_recipes_still_load(synth, tmp_path, capsys):
+    """A CNN (BatchNorm buffers), SGD with momentum, a val split and early stopping: all pass the checks."""
+    out = tmp_path / "cnn"
+    argv = [
+        "train",
+        "--dataset",
+        "synth",
+        "--model",
+        "cnn",
+        "--channels",
+        "4",
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+    ]
+    argv += ["--optimizer", "sgd", "--momentum", "0.9", "--val-split", "0.2", "--early-stop", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    state = load_state(out)
+    assert state["model_config"]["model"] == "cnn" and state["optimizer"]["state"]
+    assert densa.load(out).config.channels == (4,)
