@@ -278,6 +278,7 @@ def test_report_of_a_cnn_run(weak, tmp_path, monkeypatch):
     torch.manual_seed(0)
     cnn = TinyCNN()
     monkeypatch.setattr(checkpoint, "build_model", lambda config: TinyCNN())
+    monkeypatch.setattr("densa.config.MODELS", ("mlp", "cnn", "tinycnn"))  # a model name load accepts
     cfg = densa.ModelConfig(model="tinycnn", hidden=())
     densa.save(
         cnn, tmp_path / "cnn" / "model.safetensors", build_meta(cfg, dataset_meta(data.DATASETS["synthw"]))

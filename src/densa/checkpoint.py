@@ -19,14 +19,13 @@ from torch import nn
 from . import __version__
 from .config import ModelConfig
 from .data import write_atomic
-from .errors import DensaError
+from .metadata import META_KEYS, MetadataError, check_meta, check_state, refuse
 from .models import build_model
 
 FORMAT = "densa.checkpoint.v1"
-META_KEYS = ("model", "dataset", "input", "train", "metrics", "versions")
 
 
-class CheckpointError(DensaError):
+class CheckpointError(MetadataError):
     pass
 
 
@@ -118,20 +117,55 @@ def read_meta(path: str | os.PathLike) -> dict:
             f"{file} is a safetensors file but not a densa checkpoint (no '{FORMAT}' metadata)"
         )
     try:
-        return {k: json.loads(raw[k]) for k in META_KEYS}
+        meta = {k: json.loads(raw[k]) for k in META_KEYS}
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(
             f"{file}: densa metadata is damaged ({e}); retrain or restore the file"
         ) from None
+    return check_meta(meta, file)
+
+
+def expected_shapes(config: ModelConfig) -> tuple[dict, list]:
+    """The state dict's tensor shapes and the parameter shapes of build_model(config); allocates nothing."""
+    with torch.device("meta"):
+        model = build_model(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, [
+        tuple(p.shape) for p in model.parameters()
+    ]
+
+
+def check_shapes(file, config: ModelConfig, shapes: dict, what: str) -> None:
+    """`shapes` (name -> shape of each saved tensor) must be those of the model `config` describes."""
+    want, _ = expected_shapes(config)
+    if shapes == want:
+        return
+    missing, extra = sorted(want.keys() - shapes.keys()), sorted(shapes.keys() - want.keys())
+    wrong = [k for k in want if k in shapes and want[k] != shapes[k]]
+    why = (
+        f"{wrong[0]} is {list(shapes[wrong[0]])}, not {list(want[wrong[0]])}"
+        if wrong
+        else f"no tensor {missing[0]}"
+        if missing
+        else f"an extra tensor {extra[0]}"
+    )
+    raise CheckpointError(
+        f"{file}: {what} do not match the architecture its metadata describes ({config.model} "
+        f"{list(config.hidden)}: {why}); the file is damaged or not written by densa"
+    )
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     """Rebuild a trained model from a run folder or .safetensors file; the model is in eval mode."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     file = resolve(path)
     meta = read_meta(file)
-    model = build_model(ModelConfig.from_dict(meta["model"]))
+    config = ModelConfig.from_dict(meta["model"])
+    with safe_open(str(file), framework="pt") as fh:
+        names = fh.keys()  # the header's shapes: nothing is read or allocated yet
+        check_shapes(file, config, {k: tuple(fh.get_slice(k).get_shape()) for k in names}, "its weights")
+    model = build_model(config)
     try:
         state = load_file(str(file), device=map_location)
         model.load_state_dict(state, strict=True)
@@ -197,4 +231,52 @@ def load_state(run: str | os.PathLike) -> dict:
     raw = blob["state"].numpy().tobytes()
     if hashlib.sha256(raw).hexdigest() != blob.get("sha256"):
         raise CheckpointError(f"{damaged}: its sha256 does not match); start a new run")
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # an object that weights_only refuses, or bytes torch cannot read
+        raise CheckpointError(
+            f"{file} holds a state densa cannot read ({' '.join(str(e).split())[:120]}); start a new run"
+        ) from None
+    check_tensors(state, file, check_state(state, file)[0])
+    return state
+
+
+def check_tensors(state: dict, file, config: ModelConfig) -> None:
+    """The tensors of a resume state: RNG states, the epoch's permutation, weights and optimiser state."""
+    from .config import is_int
+
+    for name, want in (("generator", torch.Generator().get_state()), ("torch_rng", torch.get_rng_state())):
+        got = state.get(name)
+        if not (isinstance(got, torch.Tensor) and got.dtype == want.dtype and got.shape == want.shape):
+            raise refuse(
+                file, name, f"a uint8 tensor of {want.numel()} bytes (an RNG state)", shown=_kind(got)
+            )
+    perm = state.get("perm")
+    is_perm = isinstance(perm, torch.Tensor) and perm.dtype == torch.int64 and perm.dim() == 1
+    if state["step"] and not (is_perm and torch.equal(perm.sort().values, torch.arange(len(perm)))):
+        raise refuse(file, "perm", "the int64 permutation of the interrupted epoch", shown=_kind(perm))
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise refuse(file, "model", "a state dict of tensors", shown="other values")
+    check_shapes(file, config, {k: tuple(v.shape) for k, v in state["model"].items()}, "its weights")
+    _, params = expected_shapes(config)
+    opt = state["optimizer"]
+    ids = [i for g in opt["param_groups"] if isinstance(g, dict) for i in g.get("params", [])]
+    if len(ids) != len(params) or not all(is_int(i) for i in ids):
+        raise refuse(
+            file, "optimizer", f"the state of an optimiser over {len(params)} parameters", shown="other"
+        )
+    for i, shape in zip(ids, params):
+        entry = opt["state"].get(i, {})
+        bad = not isinstance(entry, dict) or any(
+            isinstance(v, torch.Tensor) and v.dim() and tuple(v.shape) != shape for v in entry.values()
+        )
+        if bad:
+            raise refuse(
+                file, f"optimizer.state.{i}", f"tensors of shape {list(shape)}", shown="other shapes"
+            )
+
+
+def _kind(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {list(value.shape)}"
+    return type(value).__name__

@@ -7,6 +7,7 @@ overrides on top of the dataclass defaults; explicit flags override the preset (
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import DensaError
@@ -34,14 +35,77 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("hidden", "channels"):
-            if k in known:
-                known[k] = tuple(known[k])
-        if known.get("normalize") is not None:
-            known["normalize"] = tuple(known["normalize"])
-        return cls(**known)
+    def from_dict(cls, d) -> ModelConfig:
+        """The config a file describes, each field checked (type, range, size) before anything is built.
+
+        Missing fields take their defaults and unknown ones are ignored; a bad one raises FieldError."""
+        if not isinstance(d, dict):
+            raise FieldError("", "a JSON object of model settings", d)
+        get = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
+        model, activation = get("model"), get("activation")
+        if model not in MODELS:
+            raise FieldError("model", f"one of {', '.join(MODELS)}", model)
+        hidden = _ints(get("hidden"), "hidden", 0, MAX_LAYERS, MAX_WIDTH)
+        channels = _ints(get("channels"), "channels", 1, MAX_CONV_BLOCKS, MAX_CHANNELS)
+        if activation not in ACTIVATIONS:
+            raise FieldError("activation", f"one of {', '.join(ACTIVATIONS)}", activation)
+        dropout = get("dropout")
+        if not (is_number(dropout) and 0 <= dropout < 1):
+            raise FieldError("dropout", "a number in [0, 1)", dropout)
+        if get("in_features") != 784 or not is_int(get("in_features")):
+            raise FieldError("in_features", "784 (28 x 28 pixels)", get("in_features"))
+        num_classes = get("num_classes")
+        if not (is_int(num_classes) and MIN_CLASSES <= num_classes <= MAX_CLASSES):
+            raise FieldError("num_classes", f"an int in {MIN_CLASSES}..{MAX_CLASSES}", num_classes)
+        normalize = get("normalize")
+        if normalize is not None:
+            ok = (
+                isinstance(normalize, (list, tuple))
+                and len(normalize) == 2
+                and all(map(is_number, normalize))
+            )
+            if not (ok and abs(normalize[0]) <= 1e3 and 1e-6 <= normalize[1] <= 1e3):
+                raise FieldError(
+                    "normalize", "null or [mean, std]: finite numbers with 0 < std <= 1000", normalize
+                )
+            normalize = (float(normalize[0]), float(normalize[1]))
+        return cls(model, hidden, activation, float(dropout), channels, 784, num_classes, normalize)
+
+
+# Limits on what a file may describe: checked on its metadata before any tensor is allocated.
+MAX_LAYERS = 16  # dense hidden layers
+MAX_WIDTH = 65536  # units in one dense hidden layer
+MAX_CONV_BLOCKS = 4
+MAX_CHANNELS = 4096  # channels of one conv block
+MIN_CLASSES, MAX_CLASSES = 2, 1000
+
+
+class FieldError(DensaError):
+    """A setting read from a file is not what densa writes: `field` must be `what`, got `value`."""
+
+    def __init__(self, field: str, what: str, value):
+        self.field, self.what, self.value = field, what, value
+        super().__init__(f"{field or 'the value'} must be {what} (got {shown(value)})")
+
+
+def shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ints(v, field: str, least: int, most: int, top: int) -> tuple[int, ...]:
+    ok = isinstance(v, (list, tuple)) and least <= len(v) <= most
+    if not (ok and all(is_int(x) and 1 <= x <= top for x in v)):
+        raise FieldError(field, f"a list of {least}..{most} positive ints <= {top}", v)
+    return tuple(v)
 
 
 @dataclass(frozen=True)
@@ -69,8 +133,23 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    def from_dict(cls, d) -> TrainConfig:
+        """The config a file describes; each field must have its default's type (FieldError otherwise)."""
+        if not isinstance(d, dict):
+            raise FieldError("", "a JSON object of training settings", d)
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k, v in known.items():
+            default = getattr(cls, k)
+            if isinstance(default, (bool, str)):
+                ok = type(v) is type(default) and len(str(v)) <= 100
+            elif isinstance(default, int):
+                ok = is_int(v) and abs(v) <= 2**62
+            else:
+                ok = is_number(v)
+            if not ok:
+                kinds = {bool: "true or false", str: "a string", int: "an int", float: "a finite number"}
+                raise FieldError(k, kinds[type(default)], v)
+        return cls(**known)
 
     def check(self) -> None:
         if self.epochs < 1:

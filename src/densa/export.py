@@ -313,8 +313,8 @@ class OnnxPredictor:
                 "write one with `densa export RUN --onnx OUT.onnx`"
             )
         try:
-            self.meta = {k: json.loads(props[f"densa.{k}"]) for k in META_KEYS}
-            self.classes = [str(c) for c in json.loads(props["densa.classes"])]
+            meta = {k: json.loads(props[f"densa.{k}"]) for k in META_KEYS}
+            classes = json.loads(props["densa.classes"])
             self.preprocess = props["densa.preprocess"]
             self.model_id = props["densa.model_id"]
         except (KeyError, json.JSONDecodeError) as e:
@@ -325,6 +325,25 @@ class OnnxPredictor:
                 f"{self.path}: expected input {INPUT!r} and outputs {list(OUTPUTS)}, found {names[0]} and "
                 f"{names[1]}; export it again"
             )
+        self.meta, self.classes = self._checked(meta, classes)
+
+    def _checked(self, meta: dict, classes) -> tuple[dict, list[str]]:
+        """The metadata checked as a checkpoint's is, and the flat properties against it and the graph."""
+        from .metadata import check_classes, check_meta, check_rule, refuse
+
+        if not isinstance(meta["export"], dict):
+            raise refuse(self.path, "densa.export", "a JSON object", meta["export"])
+        n = self.session.get_outputs()[0].shape[-1]  # an int, unless the graph left it symbolic
+        if not isinstance(n, int):
+            n = self.session.run([OUTPUTS[1]], {INPUT: np.zeros((1, 28, 28), np.float32)})[0].shape[-1]
+        meta = check_meta(meta, self.path, prefix="densa.", outputs=n)
+        classes = check_classes(self.path, "densa.classes", classes, n)
+        if classes != meta["dataset"]["classes"]:
+            raise refuse(self.path, "densa.classes", "the class names of densa.dataset", classes)
+        self.preprocess = check_rule(self.path, "densa.preprocess", self.preprocess)
+        if not (isinstance(self.model_id, str) and 0 < len(self.model_id) <= 200):
+            raise refuse(self.path, "densa.model_id", "a model id of 1..200 characters", self.model_id)
+        return meta, classes
 
     @property
     def dataset(self) -> str:

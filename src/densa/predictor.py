@@ -49,7 +49,9 @@ class TorchPredictor:
         self.meta = ckpt.meta
         self.path = ckpt.path
         self.classes = ckpt.classes
-        self.preprocess = self.meta["dataset"].get("preprocess") or "mnist"
+        self.preprocess = self.meta["dataset"][
+            "preprocess"
+        ]  # checked, and filled in, by checkpoint.read_meta
         self.model_id = file_id(ckpt.path, checkpoint_name(ckpt.path))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
