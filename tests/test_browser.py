@@ -56,7 +56,7 @@ def server(mnist_run):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a safety net for a hung server; it says when it is up
     try:
         while True:
             try:
