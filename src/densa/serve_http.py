@@ -2,8 +2,9 @@
 
 uvicorn waits for a request's head (request line + headers) as long as the client likes and takes a
 header of any size. `HeadGuard` answers 408 to a head that has not arrived within HEAD_TIMEOUT seconds
-of its first byte (or of the connection, for the first request; an idle new connection is just closed)
-and 431 to one over MAX_HEAD bytes, then closes the connection; protocol-level errors get densa's JSON
+of its first byte and 431 to one over MAX_HEAD bytes, then closes the connection (a new connection
+that sends nothing for HEAD_TIMEOUT seconds is closed without an answer; between requests on a
+kept-alive one, uvicorn's keep-alive timeout applies); protocol-level errors get densa's JSON
 shape. `densa serve` passes it to uvicorn as http="densa.serve_http:HeadGuard" (a name, so that
 worker processes can import it). Subclass it to change the bounds.
 """
@@ -19,7 +20,8 @@ MAX_HEAD = 64 << 10  # bytes of request line + headers
 
 
 class HeadGuard(HttpToolsProtocol):
-    head_timeout: float = HEAD_TIMEOUT
+    head_timeout: float = HEAD_TIMEOUT  # from the head's first byte
+    idle_timeout: float = HEAD_TIMEOUT  # from a new connection's start to its first byte
     max_head: int = MAX_HEAD
 
     def connection_made(self, transport) -> None:
@@ -28,7 +30,7 @@ class HeadGuard(HttpToolsProtocol):
         self.head_started = False  # a byte of this head has arrived
         self.head_raw = 0  # bytes of reads that began and ended inside this head (<= its size)
         self.head_parsed = 0  # bytes of its request line and complete headers
-        self.head_timer = self.loop.call_later(self.head_timeout, self.head_too_slow)
+        self.head_timer = self.loop.call_later(self.idle_timeout, self.head_too_slow)
 
     def connection_lost(self, exc) -> None:
         self.stop_head_timer()
@@ -43,6 +45,9 @@ class HeadGuard(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         began_in_head = self.in_head
+        if self.in_head and not self.head_started:  # a new connection's first byte: the head's clock starts
+            self.stop_head_timer()
+            self.head_started = True
         super().data_received(data)  # the parser's callbacks below run in here
         if not self.in_head or self.transport.is_closing():
             return

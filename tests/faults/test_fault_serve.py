@@ -185,14 +185,30 @@ class Log(logging.Handler):
 
 
 class Strict(HeadGuard):
-    head_timeout = 0.5  # only used where the timeout firing is the expected outcome, whenever it fires
+    """Short bounds, used only where the bound firing is the expected outcome, whenever it fires: the
+    head's clock starts at its first byte, so a slow machine cannot make a complete head late."""
+
+    head_timeout = 0.5
+    idle_timeout = DEADLINE  # a client is never too slow to send its first byte
     max_head = 4096
+
+
+class Idle(Strict):
+    idle_timeout = 0.5
 
 
 def start(app, protocol):
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="info", http=protocol)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        log_level="info",
+        http=protocol,
+        timeout_keep_alive=int(DEADLINE),  # a kept-alive test connection is never closed for idling
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -205,13 +221,14 @@ def start(app, protocol):
 
 @pytest.fixture(scope="module")
 def servers(predictor):
-    """Two servers of one app: with densa's head bounds (10 s, 64 KiB) and with strict ones (0.5 s, 4 KiB)."""
+    """Servers of one app: with densa's head bounds (10 s, 64 KiB), strict ones (0.5 s from the head's
+    first byte, 4 KiB), and closing connections that send nothing for 0.5 s."""
     log = Log()
     logger = logging.getLogger("uvicorn.error")
     logger.addHandler(log)
     app = create_app(predictor, hosts=allowed_hosts("127.0.0.1"))
-    running = [start(app, HeadGuard), start(app, Strict)]
-    yield log, running[0][2], running[1][2]
+    running = [start(app, HeadGuard), start(app, Strict), start(app, Idle)]
+    yield log, *(port for _, _, port in running)
     for server, thread, _ in running:
         server.should_exit = True
         thread.join(timeout=DEADLINE)
@@ -252,7 +269,7 @@ HEAD = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 )
 def test_a_client_that_goes_away_mid_body_is_one_log_line(servers, request_bytes):
     """Before: `ERROR: Exception in ASGI application` and a ClientDisconnect traceback."""
-    log, port, _ = servers
+    log, port, _, _ = servers
     done = len(log.records)
     with connect(port) as s:
         send(s, request_bytes)
@@ -268,7 +285,7 @@ def test_a_client_that_goes_away_mid_body_is_one_log_line(servers, request_bytes
 
 def test_a_huge_head_is_refused(servers):
     """Before: a 1 MB header was read whole and answered 200."""
-    log, port, strict = servers
+    log, port, strict, _ = servers
     for p, size in ((port, 1 << 20), (strict, 5000)):
         with connect(p) as s:
             send(s, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
@@ -280,7 +297,7 @@ def test_a_huge_head_is_refused(servers):
 
 def test_heads_within_the_bound_and_big_bodies_pass(servers):
     """A head under the bound is served; a body arriving with its head in one read is not counted as head."""
-    _, port, _ = servers
+    _, port, _, _ = servers
     with connect(port) as s:
         send(s, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: " + b"c" * 30_000 + b"\r\n\r\n")
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
@@ -293,12 +310,12 @@ def test_heads_within_the_bound_and_big_bodies_pass(servers):
 
 def test_a_slow_head_is_closed_by_the_server(servers):
     """Before: a connection sending its head slowly (or nothing) was held as long as the client liked."""
-    _, _, strict = servers
+    _, _, strict, idle = servers
     with connect(strict) as s:
         send(s, b"GET /api/health HTTP/1.1\r\nHo")  # then silence
         answer = read_all(s)  # returns only once the server closes the connection
     assert answer.startswith(b"HTTP/1.1 408") and b'"error": "timeout"' in answer, answer
-    with connect(strict) as s:  # a connection that never sends a byte is closed without an answer
+    with connect(idle) as s:  # a connection that never sends a byte is closed without an answer
         assert read_all(s) == b""
     with connect(strict) as s:  # the bound applies to each request on a kept-alive connection
         send(s, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -311,7 +328,7 @@ def test_a_slow_head_is_closed_by_the_server(servers):
 
 def test_foreign_host_is_refused_on_a_real_socket(servers):
     """Before: bound to loopback, `Host: attacker.example` got 200 (DNS rebinding)."""
-    _, port, _ = servers
+    _, port, _, _ = servers
     for host, status in ((b"attacker.example", b"400"), (b"localhost:8000", b"200")):
         with connect(port) as s:
             send(s, b"GET /api/health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
