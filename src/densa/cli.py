@@ -341,6 +341,14 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per inference")
     p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=argparse.SUPPRESS,  # no "(default: [])" in the help
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; '*' for any), e.g. behind a proxy; "
+        "by default a loopback --host answers only to 127.0.0.1, localhost and [::1]",
+    )
     p.set_defaults(func=commands.cmd_serve)
 
     p = sub.add_parser(

@@ -247,7 +247,14 @@ def _predict_images(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
 
-    serve(args.run, host=args.host, port=args.port, threads=args.threads, workers=args.workers)
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        workers=args.workers,
+        allow_hosts=getattr(args, "allow_host", ()),
+    )
     return 0
 
 

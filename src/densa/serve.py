@@ -2,14 +2,21 @@
 
 `create_app(predictor)` builds the FastAPI app: GET / (the page, served from densa/web/ in memory, no
 CDN), POST /api/predict (image bytes or a data URL -> probabilities), GET /api/health, /openapi.json.
-Bad input gets a 4xx with {"error", "detail"}, never a 5xx; nothing is written to disk. Inference runs
-in the threadpool, off the event loop, with one torch thread per request.
+Every error, 404s and protocol errors included, is JSON {"error", "detail"}; bad input gets a 4xx, never
+a 5xx; nothing is written to disk. Inference runs in the threadpool, off the event loop, with one torch
+thread per request; the pixels being decoded at once are bounded over all requests (see PixelBudget).
+The app refuses to be built for a model that fails one test prediction (see self_check).
 """
 
 import base64
 import binascii
+import io
+import logging
+import math
 import os
 import re
+from collections import deque
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from . import __version__
@@ -17,6 +24,10 @@ from .errors import DensaError
 
 MAX_BODY = 1 << 20  # bytes; larger bodies get 413
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body before 408
+# an image costs up to ~30 bytes a pixel while prepared (RGBA, float copies): 4096x4096 ~ 500 MB
+MAX_PIXELS = 4096 * 4096  # per image, read from its header before decoding; larger gets 413
+DECODE_BUDGET = 4096 * 4096  # pixels being decoded at once, over all requests; the rest wait their turn
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WEB = Path(__file__).parent / "web"
 PAGES = {
     "/": ("index.html", "text/html"),
@@ -64,20 +75,182 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
     return body
 
 
-def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT, top_k: int = 3):
-    """The FastAPI app serving `predictor` (an object with the predictor interface)."""
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from an image's header, nothing decoded; (0, 0) if unreadable (decoding says why)."""
+    from PIL import Image
+
+    from .images import ALLOWED_FORMATS
+
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            w, h = im.size
+    except Exception:  # Pillow raises many types for damaged headers; densa.images.decode words them
+        return 0, 0
+    return w, h
+
+
+class PixelBudget:
+    """At most `total` pixels being decoded at once, over all requests, so that memory stays bounded
+    under any mix of requests. Waiters go first come, first served: a large image is not starved by a
+    stream of small ones."""
+
+    def __init__(self, total: int):
+        self.total = self.free = total
+        self.queue: deque = deque()
+        self.changed = None  # an anyio.Condition, made inside the event loop
+
+    @asynccontextmanager
+    async def hold(self, pixels: int):
+        import anyio
+
+        n = min(max(pixels, 1), self.total)
+        if self.changed is None:
+            self.changed = anyio.Condition()
+        me = object()
+        async with self.changed:
+            self.queue.append(me)
+            try:
+                while self.queue[0] is not me or self.free < n:
+                    await self.changed.wait()
+            finally:
+                self.queue.remove(me)
+                self.changed.notify_all()
+            self.free -= n
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self.changed:
+                    self.free += n
+                    self.changed.notify_all()
+
+
+def self_check(predictor) -> None:
+    """One prediction through the whole pipeline (PNG bytes -> prepare -> model -> answer) on a synthetic
+    digit, so that a model whose metadata does not fit (an unknown preprocessing rule, a class list of
+    the wrong length) refuses to start with one line instead of failing every request."""
+    import numpy as np
+
+    from .images import prepare, to_png
+    from .predictor import result
+
+    where = getattr(predictor, "path", None) or getattr(predictor, "model_id", "the model")
+    x = np.zeros((28, 28), np.uint8)
+    x[5:23, 12:16] = 255  # a "1"
+    try:
+        pixels = prepare(to_png(x), predictor.preprocess, "self-check")
+        probs = np.asarray(predictor.predict_proba(pixels[None].astype(np.float32) / 255))
+        n = len(predictor.classes)
+        if probs.shape != (1, n):
+            raise DensaError(f"the model gives {probs.shape[-1]} probabilities for {n} class names")
+        if not np.isfinite(probs).all():
+            raise DensaError("the model's probabilities are not finite numbers")
+        result(predictor, probs[0])
+    except DensaError as e:
+        raise DensaError(f"{where}: cannot serve this model: {e}") from None
+    except Exception as e:  # anything else a test prediction hits is as fatal, and gets the same one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DensaError(
+            f"{where}: cannot serve this model: a test prediction failed ({type(e).__name__}: {first})"
+        ) from None
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or brackets, lower-case: '[::1]:8000' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        host = host.split(":")[0]
+    return host.rstrip(".")
+
+
+def allowed_hosts(bind: str, extra=()) -> frozenset | None:
+    """The Host names a server bound to `bind` answers to; None: any. A loopback bind answers to the
+    loopback names; a wildcard bind (0.0.0.0, ::) to any name, unless `extra` names some; '*' means any."""
+    extra = [host_name(h) for h in extra]
+    if "*" in extra:
+        return None
+    name = host_name(f"[{bind}]" if ":" in bind else bind)
+    if name in ("0.0.0.0", "::", ""):
+        return frozenset((*LOOPBACK, *extra)) if extra else None
+    loopback = name in LOOPBACK or name.startswith("127.")
+    return frozenset((name, *(LOOPBACK if loopback else ()), *extra))
+
+
+class Guard:
+    """ASGI middleware: refuses requests for a Host the server does not answer to (DNS rebinding), logs
+    a client that went away mid-body in one line, and turns any unexpected exception into a JSON 500."""
+
+    def __init__(self, app, hosts: frozenset | None = None):
+        self.app, self.hosts = app, hosts
+        self.log = logging.getLogger("uvicorn.error")
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        where = f"{scope['method']} {scope['path']}"
+        if self.hosts is not None:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.hosts:
+                names = ", ".join(sorted(self.hosts))
+                detail = (
+                    f"Host {host!r} is not a name this server answers to ({names}); "
+                    "start it with --allow-host NAME to add one"
+                )
+                self.log.warning("%s refused: Host %r", where, host)
+                response = JSONResponse({"error": "bad_host", "detail": detail}, 400, SECURITY_HEADERS)
+                return await response(scope, receive, send)
+        started = False
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except ClientDisconnect:
+            self.log.warning("%s: the client went away before sending the whole body", where)
+        except Exception as e:  # a bug: the client still gets JSON, the log one line (traceback at debug)
+            self.log.error("%s failed: %s: %s", where, type(e).__name__, e)
+            self.log.debug("%s failed", where, exc_info=True)
+            if not started:
+                detail = f"unexpected server error ({type(e).__name__}); the server's log says more"
+                response = JSONResponse({"error": "internal", "detail": detail}, 500, SECURITY_HEADERS)
+                await response(scope, receive, send)
+
+
+def create_app(
+    predictor,
+    *,
+    max_body: int = MAX_BODY,
+    body_timeout: float = BODY_TIMEOUT,
+    top_k: int = 3,
+    max_pixels: int = MAX_PIXELS,
+    decode_budget: int = DECODE_BUDGET,
+    hosts: frozenset | None = None,
+):
+    """The FastAPI app serving `predictor` (an object with the predictor interface). `hosts`: the Host
+    names it answers to (see allowed_hosts; None: any). DensaError if the model fails self_check."""
     try:
         import anyio
         from fastapi import FastAPI, Query, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
         from pydantic import BaseModel
+        from starlette.exceptions import HTTPException
     except ImportError:
         raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
 
     from .images import ImageError, NoInk, UnsupportedImage, to_png
     from .predictor import classify
 
+    self_check(predictor)
+    budget = PixelBudget(decode_budget)
     pages = {path: (WEB.joinpath(name).read_bytes(), media) for path, (name, media) in PAGES.items()}
     # inference threads: more than the cores only fight over the GIL; requests beyond wait their turn
     workers = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
@@ -93,6 +266,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
 
     class Problem(BaseModel):
         error: str  # too_large unsupported_format bad_image bad_data_url no_digit timeout bad_request
+        # and, outside /api/predict: not_found method_not_allowed bad_host head_too_large internal
         detail: str
 
     class Health(BaseModel):
@@ -118,6 +292,22 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
     async def bad_parameters(request, exc):
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return problem(422, "bad_request", where)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        path = request.url.path
+        if exc.status_code == 404:
+            detail = f"nothing at {path}: the page is at /, the API at POST /api/predict and GET /api/health"
+            code = "not_found"
+        elif exc.status_code == 405:
+            allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+            code = "method_not_allowed"
+            detail = f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else "")
+        else:
+            code, detail = "bad_request", str(exc.detail)
+        response = problem(exc.status_code, code, detail)
+        response.headers.update(exc.headers or {})
+        return response
 
     def infer(data: bytes, k: int) -> dict:
         answer, pixels = classify(predictor, data, "image", k)
@@ -162,7 +352,17 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
         try:
             body = await read_body(request)
             data = image_bytes(body, request.headers.get("content-type", ""))
-            answer = await anyio.to_thread.run_sync(infer, data, top_k, limiter=workers)
+            w, h = image_size(data)
+            if w * h > max_pixels:
+                side = math.isqrt(max_pixels)
+                raise RequestError(
+                    413,
+                    "too_large",
+                    f"the image is {w}x{h} = {w * h:,} pixels; this server reads images of up to "
+                    f"{max_pixels:,} pixels (e.g. {side}x{side}): scale it down",
+                )
+            async with budget.hold(w * h):
+                answer = await anyio.to_thread.run_sync(infer, data, top_k, limiter=workers)
         except RequestError as e:
             return problem(e.status, e.code, e.detail)
         except TimeoutError:
@@ -195,6 +395,7 @@ def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BOD
 
     for path in pages:
         app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
+    app.add_middleware(Guard, hosts=hosts)
     return app
 
 
@@ -203,12 +404,21 @@ def app_from_env():
     from .predictor import open_predictor
 
     threads = int(os.environ.get("DENSA_SERVE_THREADS", "1"))
-    return create_app(open_predictor(os.environ["DENSA_SERVE_RUN"], threads=threads))
+    hosts = os.environ.get("DENSA_SERVE_HOSTS", "*")
+    return create_app(
+        open_predictor(os.environ["DENSA_SERVE_RUN"], threads=threads),
+        hosts=None if hosts == "*" else frozenset(hosts.split(",")),
+    )
 
 
-def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, workers: int = 1) -> None:
-    """Load the model at `path` and serve it until interrupted (in `workers` processes if > 1)."""
+def serve(
+    path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, workers: int = 1, allow_hosts=()
+) -> None:
+    """Load the model at `path` and serve it until interrupted (in `workers` processes if > 1).
+
+    `allow_hosts`: Host names to answer to besides those of `host` (see allowed_hosts)."""
     try:
+        import httptools  # noqa: F401  (densa.serve_http's parser)
         import uvicorn
     except ImportError:
         raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
@@ -216,15 +426,21 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, wor
 
     # fails here, with one line, on a bad RUN; an .onnx file is served without importing torch
     predictor = open_predictor(path, threads=threads)
+    hosts = allowed_hosts(host, allow_hosts)
+    app = create_app(predictor, hosts=hosts)  # fails with one line if a test prediction fails
     print(
         f"densa serve: {predictor.model_id} ({predictor.preprocess}) on http://{host}:{port}/"
         + (f" ({workers} worker processes)" if workers > 1 else ""),
         flush=True,
     )
-    options = dict(host=host, port=port, log_level="warning", server_header=False)
+    # the protocol by name, so that worker processes can import it: it bounds each request's head
+    options = dict(
+        host=host, port=port, log_level="warning", server_header=False, http="densa.serve_http:HeadGuard"
+    )
     if workers > 1:
         os.environ["DENSA_SERVE_RUN"] = str(Path(path).resolve())
         os.environ["DENSA_SERVE_THREADS"] = str(threads)
+        os.environ["DENSA_SERVE_HOSTS"] = "*" if hosts is None else ",".join(sorted(hosts))
         uvicorn.run("densa.serve:app_from_env", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(predictor), **options)
+        uvicorn.run(app, **options)
