@@ -83,6 +83,8 @@ def _train(args, lock) -> int:
             model_config, config, out=out, data_dir=args.data_dir, progress=sys.stdout.isatty(),
             preset=preset, state=state, ranks=ranks, lock=lock,
         )  # fmt: skip
+        if ranks is not None:
+            ranks.barrier()
     except Interrupted as e:
         if ranks is None or ranks.rank == 0:
             again = ["densa", "train", "--resume", str(e.out)]

@@ -241,6 +241,12 @@ class Group:
                 f"after epoch {epoch} the ranks' weights differ ({shown}); this is a bug in densa"
             )
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (the run ends together: no rank leaves while rank 0 writes)."""
+        import torch.distributed as dist
+
+        dist.barrier()
+
     def close(self) -> None:
         import torch.distributed as dist
 

@@ -177,12 +177,12 @@ def check_new_run(folder: Path, log=print) -> None:
         return
     if (folder / "summary.json").exists():
         raise DensaError(
-            f"--out {folder} already holds a finished run; choose another folder, remove it, or train it "
-            f"further with `densa train --resume {folder} --epochs N`"
+            f"--out {folder} already holds a run (finished); choose another folder, remove it, or train "
+            f"it further with `densa train --resume {folder} --epochs N`"
         )
     if (folder / "checkpoint.pt").exists():
         raise DensaError(
-            f"--out {folder} already holds an unfinished run ({', '.join(taken)}); continue it with "
+            f"--out {folder} already holds a run (unfinished: {', '.join(taken)}); continue it with "
             f"`densa train --resume {folder}`, or choose another folder or remove it"
         )
     leftovers = first_epoch_leftovers(folder)

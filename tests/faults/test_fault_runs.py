@@ -124,7 +124,7 @@ def test_a_crash_while_saving_epoch_2_resumes_from_epoch_1(synth, tmp_path, caps
     proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL
     assert load_state(run)["epoch"] == 1
-    one_line_error(capsys, [*FLAGS, "--out", str(run)], "holds an unfinished run", f"--resume {run}")
+    one_line_error(capsys, [*FLAGS, "--out", str(run)], "already holds a run (unfinished", f"--resume {run}")
     assert main(["train", "--resume", str(run)]) == 0
     assert not list(run.glob(".*"))
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
@@ -143,7 +143,8 @@ def test_a_finished_run_trains_further_on_a_constant_learning_rate(synth, tmp_pa
     assert main([*FLAGS, "--epochs", "2", "--out", str(two)]) == 0
     shutil.copytree(two, three)
     one_line_error(capsys, ["train", "--resume", str(two)], "is a finished run (2 epochs)", "--epochs N")
-    one_line_error(capsys, [*FLAGS, "--out", str(two)], "finished run", f"--resume {two} --epochs N")
+    again = f"--resume {two} --epochs N"
+    one_line_error(capsys, [*FLAGS, "--out", str(two)], "already holds a run (finished)", again)
     one_line_error(capsys, ["train", "--resume", str(two), "--epochs", "2"], "is a finished run")
     one_line_error(capsys, ["train", "--resume", str(two), "--epochs", "1"], "has trained 2 epochs")
 
