@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import SETTINGS
 from .errors import DensaError
+from .extras import require
 
 
 def cmd_train(args) -> int:
@@ -165,6 +166,8 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     if (args.test_index is None) == (not args.images):
         raise DensaError("pass image files or folders, or --test-index I (exactly one of them)")
+    if args.images or args.save_input:
+        require("PIL", "images", "densa predict on image files" if args.images else "--save-input")
     if args.test_index is not None:
         return _predict_test_index(args)
     return _predict_images(args)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from . import __version__
-from .errors import DensaError
+from .extras import require
 
 MAX_BODY = 1 << 20  # bytes; larger bodies get 413
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body before 408
@@ -66,14 +66,12 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
 
 def create_app(predictor, *, max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT, top_k: int = 3):
     """The FastAPI app serving `predictor` (an object with the predictor interface)."""
-    try:
-        import anyio
-        from fastapi import FastAPI, Query, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
-        from pydantic import BaseModel
-    except ImportError:
-        raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
+    require("fastapi", "serve", "densa serve")
+    import anyio
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel
 
     from .images import ImageError, NoInk, UnsupportedImage, to_png
     from .predictor import classify
@@ -208,10 +206,10 @@ def app_from_env():
 
 def serve(path, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, workers: int = 1) -> None:
     """Load the model at `path` and serve it until interrupted (in `workers` processes if > 1)."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
+    for module in ("fastapi", "uvicorn", "PIL"):  # before the model is loaded
+        require(module, "serve", "densa serve")
+    import uvicorn
+
     from .predictor import open_predictor
 
     # fails here, with one line, on a bad RUN; an .onnx file is served without importing torch
