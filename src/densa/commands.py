@@ -297,7 +297,8 @@ def cmd_sweep(args) -> int:
     from .config import SweepConfig
     from .sweep import FIXED, default_storage, run_sweep, show
 
-    given = {k: getattr(args, k) for k in FIXED if hasattr(args, k)}
+    require("optuna", "sweep", "densa sweep")  # before a sweep folder is made
+    given = {k: getattr(args, k) for k in (*FIXED, "heartbeat") if hasattr(args, k)}
     defaults = SweepConfig()
     name = args.study or f"{given.get('dataset', defaults.dataset)}-{given.get('model', defaults.model)}"
     out = Path(args.out) if args.out else Path("sweeps") / name
@@ -305,7 +306,7 @@ def cmd_sweep(args) -> int:
     if args.show:
         if not args.storage and not (out / "study.db").is_file():
             raise DensaError(f"no sweep in {out}/ (no study.db); start one with `densa sweep --trials N`")
-        show(storage, name, top=args.top, heartbeat=args.heartbeat, data_dir=args.data_dir)
+        show(storage, name, top=args.top, data_dir=args.data_dir)
         return 0
     if not args.trials:
         raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
@@ -320,6 +321,6 @@ def cmd_sweep(args) -> int:
         torch.set_num_threads(args.threads)
     run_sweep(
         storage, name, given, args.trials, timeout=args.timeout, pruner=args.pruner,
-        startup=args.startup_trials, heartbeat=args.heartbeat, data_dir=args.data_dir,
+        startup=args.startup_trials, data_dir=args.data_dir,
     )  # fmt: skip
     return 0
