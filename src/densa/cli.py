@@ -26,7 +26,12 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """argparse's `(default: X)` after each option, unless its help names the default or it has none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -257,13 +262,16 @@ def build_parser() -> Parser:
         help=f"median: complete trials before any is pruned (default: {sdef.startup_trials})",
     )  # fmt: skip
     p.add_argument(
-        "--heartbeat", type=positive_int, metavar="S", default=sdef.heartbeat,
-        help="seconds between a running trial's heartbeats; a trial silent for twice this is marked "
-        f"FAIL (default: {sdef.heartbeat})",
+        "--heartbeat", type=positive_int, metavar="S", default=argparse.SUPPRESS,
+        help="seconds between a running trial's heartbeats; a trial silent for twice this is marked FAIL "
+        "by the next worker (fixed when the study is created: a worker given another value is refused; "
+        f"default: {sdef.heartbeat})",
     )  # fmt: skip
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's choice)")
     data_dir_arg(p)
-    p.add_argument("--show", action="store_true", help="print the leaderboard and the best trial's command")
+    p.add_argument(
+        "--show", action="store_true", help="print the leaderboard and the best trial's command (only reads)"
+    )
     p.add_argument(
         "--top", type=positive_int, default=10, metavar="N", help="--show: trials listed (default: 10)"
     )

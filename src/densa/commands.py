@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import SETTINGS
 from .errors import DensaError
+from .extras import require
 
 
 def cmd_train(args) -> int:
@@ -185,6 +186,8 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     if (args.test_index is None) == (not args.images):
         raise DensaError("pass image files or folders, or --test-index I (exactly one of them)")
+    if args.images or args.save_input:
+        require("PIL", "images", "densa predict on image files" if args.images else "--save-input")
     if args.test_index is not None:
         return _predict_test_index(args)
     return _predict_images(args)
@@ -321,7 +324,8 @@ def cmd_sweep(args) -> int:
     from .config import SweepConfig
     from .sweep import FIXED, default_storage, run_sweep, show
 
-    given = {k: getattr(args, k) for k in FIXED if hasattr(args, k)}
+    require("optuna", "sweep", "densa sweep")  # before a sweep folder is made
+    given = {k: getattr(args, k) for k in (*FIXED, "heartbeat") if hasattr(args, k)}
     defaults = SweepConfig()
     name = args.study or f"{given.get('dataset', defaults.dataset)}-{given.get('model', defaults.model)}"
     out = Path(args.out) if args.out else Path("sweeps") / name
@@ -329,7 +333,7 @@ def cmd_sweep(args) -> int:
     if args.show:
         if not args.storage and not (out / "study.db").is_file():
             raise DensaError(f"no sweep in {out}/ (no study.db); start one with `densa sweep --trials N`")
-        show(storage, name, top=args.top, heartbeat=args.heartbeat, data_dir=args.data_dir)
+        show(storage, name, top=args.top, data_dir=args.data_dir)
         return 0
     if not args.trials:
         raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
@@ -344,6 +348,6 @@ def cmd_sweep(args) -> int:
         torch.set_num_threads(args.threads)
     run_sweep(
         storage, name, given, args.trials, timeout=args.timeout, pruner=args.pruner,
-        startup=args.startup_trials, heartbeat=args.heartbeat, data_dir=args.data_dir,
+        startup=args.startup_trials, data_dir=args.data_dir,
     )  # fmt: skip
     return 0

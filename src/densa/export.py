@@ -25,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DensaError
+from .extras import require
 
 FORMAT = "densa.onnx.v1"
 OPSET = 20  # ai.onnx opset; torch 2.13's own default, so its exporter needs no version conversion
@@ -33,7 +34,6 @@ OUTPUTS = ("probabilities", "logits")  # the first is what a plain `session.run(
 TOLERANCE = 1e-5  # largest |onnxruntime - torch| difference of probabilities accepted at export
 CHECK_BATCHES = (1, 7)  # batch sizes compared at export time (the batch dimension is dynamic)
 META_KEYS = ("model", "dataset", "input", "train", "metrics", "versions", "export")
-INSTALL = "pip install 'densa[onnx]'"
 
 
 class OnnxError(DensaError):
@@ -46,12 +46,7 @@ def is_onnx(path: str | os.PathLike) -> bool:
 
 
 def _require(*names: str) -> list:
-    import importlib
-
-    try:
-        return [importlib.import_module(n) for n in names]
-    except ImportError as e:
-        raise OnnxError(f"ONNX support needs the onnx extra ({e.name} is not installed): {INSTALL}") from None
+    return [require(n, "onnx", "ONNX support") for n in names]
 
 
 def check_out(out: str | os.PathLike, force: bool = False) -> Path:
@@ -157,7 +152,9 @@ def export_onnx(
     checkpoint it came from. Nothing is written unless onnxruntime matches torch within TOLERANCE.
     """
     out = check_out(out, force)
-    torch, onnx, onnxscript, ort = _require("torch", "onnx", "onnxscript", "onnxruntime")
+    import torch
+
+    onnx, onnxscript, ort = _require("onnx", "onnxscript", "onnxruntime")
     classes = [str(c) for c in meta["dataset"]["classes"]]
     g = torch.Generator().manual_seed(0)
     was_training = model.training

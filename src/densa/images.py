@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DensaError
+from .extras import require
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # Pillow's names; nothing else is even tried
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -92,10 +93,8 @@ def _other_format(data: bytes) -> str:
 
 def decode(data: bytes, name: str = "image"):
     """Bytes -> a loaded PIL image (first frame, EXIF orientation applied), or a one-line ImageError."""
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise DensaError("reading images needs Pillow: pip install 'densa[images]'") from None
+    require("PIL", "images", "reading images")
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise UnsupportedImage(f"{name}: empty file, not an image")
@@ -299,6 +298,7 @@ def read_image_file(path, max_bytes: int = 64 << 20) -> bytes:
 
 def to_png(pixels: np.ndarray) -> bytes:
     """uint8 (28, 28) -> PNG bytes (what --save-input writes and the page shows)."""
+    require("PIL", "images", "writing images")
     from PIL import Image
 
     buf = io.BytesIO()

@@ -2,8 +2,8 @@
 
 Figures are built on matplotlib.figure.Figure (the Agg renderer, no pyplot and no global state) and
 have a fixed size in pixels. Image grids are one mosaic drawn with nearest-neighbour scaling at a whole
-number of screen pixels per image pixel, so digits stay crisp. Import this module only after
-`require_matplotlib()`: matplotlib is the optional `report` extra.
+number of screen pixels per image pixel, so digits stay crisp. matplotlib is the optional `report` extra:
+without it, importing this module raises densa's one-line error with the install command.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .errors import DensaError
+from .extras import require
+
+require("matplotlib", "report", "the report")
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 1, 10, 100 on log axes (no mathtext: easier to read)
 DPI = 100  # pixels per inch: a figure of (w, h) inches is a PNG of (w * DPI, h * DPI) pixels
@@ -23,12 +25,7 @@ TILE_PX = 84  # screen pixels for one tile's longer side (28 x 28 digits: 3 pixe
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise DensaError(
-            "the report needs matplotlib, which is not installed; run: pip install 'densa[report]'"
-        ) from None
+    """Nothing left to check: importing this module did (kept for callers that check before training)."""
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -164,10 +164,7 @@ def best_epoch(*sources) -> int | None:
 
 def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, log=print) -> Path:
     """Write RUN/report/ (or `out`): one PNG per figure and index.html with all of them embedded."""
-    from .plots import require_matplotlib
-
-    require_matplotlib()
-    from . import plots
+    from . import plots  # without matplotlib: the one-line install hint, before any work
 
     t0 = time.perf_counter()
     run = Path(run)

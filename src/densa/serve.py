@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DensaError
+from .extras import require
 
 MAX_BODY = 1 << 20  # bytes; larger bodies get 413
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body before 408
@@ -236,15 +237,13 @@ def create_app(
 ):
     """The FastAPI app serving `predictor` (an object with the predictor interface). `hosts`: the Host
     names it answers to (see allowed_hosts; None: any). DensaError if the model fails self_check."""
-    try:
-        import anyio
-        from fastapi import FastAPI, Query, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
-        from pydantic import BaseModel
-        from starlette.exceptions import HTTPException
-    except ImportError:
-        raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
+    require("fastapi", "serve", "densa serve")
+    import anyio
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel
+    from starlette.exceptions import HTTPException
 
     from .images import ImageError, NoInk, UnsupportedImage, to_png
     from .predictor import classify
@@ -417,11 +416,10 @@ def serve(
     """Load the model at `path` and serve it until interrupted (in `workers` processes if > 1).
 
     `allow_hosts`: Host names to answer to besides those of `host` (see allowed_hosts)."""
-    try:
-        import httptools  # noqa: F401  (densa.serve_http's parser)
-        import uvicorn
-    except ImportError:
-        raise DensaError("densa serve needs FastAPI and uvicorn: pip install 'densa[serve]'") from None
+    for module in ("fastapi", "uvicorn", "httptools", "PIL"):  # before the model is loaded
+        require(module, "serve", "densa serve")
+    import uvicorn
+
     from .predictor import open_predictor
 
     # fails here, with one line, on a bad RUN; an .onnx file is served without importing torch

@@ -13,14 +13,19 @@ import json
 import os
 import shlex
 import socket
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import DensaError
+from .extras import require
 
 ATTR = "densa_sweep"  # study user attr holding the sweep's definition; workers with another are refused
+BEAT = "densa_heartbeat"  # study user attr: seconds between heartbeats, fixed when the study is created
 INSTALL = "pip install 'densa[sweep]'"
 
 # The search space: what "training" exposes. Precision stays fixed (--precision); the rest of the recipe
@@ -109,14 +114,15 @@ def shown(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat: int):
-    """Optuna's RDBStorage for `url`, with heartbeats so trials of workers that die end as FAIL."""
+def open_storage(url: str, heartbeat: int | None = None, create: bool = True):
+    """Optuna's RDBStorage for `url`; with `heartbeat` (seconds), trials of workers that die end as FAIL.
+
+    With create=False (`--show`) nothing is written: the database must already hold Optuna's tables.
+    """
     given = url
-    try:
-        import optuna
-        import sqlalchemy.exc
-    except ImportError:
-        raise DensaError(f"densa sweep needs Optuna: {INSTALL}") from None
+    optuna = require("optuna", "sweep", "densa sweep")
+    import sqlalchemy.exc
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # densa prints its own line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine = {"pool_pre_ping": True}
@@ -124,11 +130,19 @@ def open_storage(url: str, heartbeat: int):
         engine["connect_args"] = {"timeout": 60}  # seconds to wait for another worker's write lock
     elif url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 10}  # seconds, for a server that does not answer
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        require("psycopg", "sweep", f"the study storage {shown(given)}")
     if url.startswith("postgresql://"):  # the driver densa[sweep] installs, whatever SQLAlchemy's default
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
+        if not create:
+            check_tables(url, given, engine)
         storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat if heartbeat else None,
+            skip_table_creation=not create,
         )
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.DBAPIError, ImportError, RuntimeError) as e:
         why = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
@@ -140,11 +154,37 @@ def open_storage(url: str, heartbeat: int):
     return storage
 
 
+def check_tables(url: str, given: str, engine: dict) -> None:
+    """Refuse a database that holds no Optuna study (an SQLite file must exist), writing nothing to it."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            raise DensaError(
+                f"no study database at {path or shown(given)}; start a sweep with `densa sweep --trials N`"
+            )
+        # read-only: SQLite must not create or touch the file (mode=ro), whatever it holds
+        parsed = parsed.set(database=f"file:{quote(path)}", query={"mode": "ro", "uri": "true"})
+    e = sqlalchemy.create_engine(parsed, **engine)
+    try:
+        tables = set(sqlalchemy.inspect(e).get_table_names())
+    finally:
+        e.dispose()
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise DensaError(
+            f"{shown(given)} holds no Optuna study (no study tables); pass the --storage or --out of a "
+            f"sweep, or start one with `densa sweep --trials N`"
+        )
+
+
 def open_study(storage, url: str, name: str, given: dict, pruner=None, create: bool = True):
     """Load study `name`, or create it from `given` (SweepConfig fields); return (study, definition).
 
-    An existing study keeps its definition: fixed settings given explicitly must agree with it, and a
-    study made with another search space is refused before anything is written to it.
+    An existing study keeps its definition and its heartbeat: settings given explicitly must agree with
+    them, and a study made with another search space is refused before anything is written to it.
     """
     import optuna
 
@@ -177,6 +217,9 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
             for k, v in mine.items()
             if v != stored.get(k)
         ]
+        beat = heartbeat_of(study)
+        if given.get("heartbeat", beat) != beat:
+            diff.append(f"heartbeat: {beat!r} in the study, {given['heartbeat']!r} here")
         if diff:
             raise DensaError(
                 f"study {name!r} {where} was made with other settings ({'; '.join(diff)}); drop the "
@@ -189,10 +232,20 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
         study = optuna.create_study(
             study_name=name, storage=storage, direction="maximize", pruner=pruner, load_if_exists=True
         )
+    beat = given.get("heartbeat", defaults.heartbeat)
+    study.set_user_attr(BEAT, beat)
     study.set_user_attr(ATTR, d)
-    if study.user_attrs.get(ATTR) != d:  # another worker created it at the same moment, differently
+    attrs = study.user_attrs  # read back from the database
+    if (attrs.get(ATTR), attrs.get(BEAT)) != (d, beat):  # another worker created it at the same moment
         raise DensaError(f"study {name!r} {where} was just created by another worker with other settings")
     return study, d
+
+
+def heartbeat_of(study) -> int:
+    """The study's heartbeat in seconds (studies made before it was stored: SweepConfig's default)."""
+    from .config import SweepConfig
+
+    return study.user_attrs.get(BEAT, SweepConfig.heartbeat)
 
 
 def make_pruner(name: str, startup: int):
@@ -216,13 +269,16 @@ def run_sweep(
     timeout: float | None = None,
     pruner: str = "median",
     startup: int = 5,
-    heartbeat: int = 60,
     data_dir=None,
     log=print,
 ) -> dict:
-    """Run `trials` trials (or until `timeout` seconds) in study `name`; returns a few counts."""
+    """Run `trials` trials (or until `timeout` seconds) in study `name`; returns a few counts.
+
+    `given` holds the SweepConfig fields passed explicitly (the study's settings and its heartbeat).
+    """
     import optuna
     import torch
+    from optuna.trial import TrialState
 
     from .data import get_spec, load_dataset
     from .device import resolve_device
@@ -231,8 +287,10 @@ def run_sweep(
 
     if "dataset" in given:
         get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
-    storage = open_storage(storage_url, heartbeat)
-    study, d = open_study(storage, storage_url, name, given, make_pruner(pruner, startup))
+    study, d = open_study(open_storage(storage_url), storage_url, name, given)
+    beat = heartbeat_of(study)  # every worker beats and judges others' trials by the study's heartbeat
+    storage = open_storage(storage_url, beat)
+    study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner, startup))
     before = len(study.trials)
     log(f"study {name} in {shown(storage_url)}: {before} trials so far; this worker runs {trials} more")
     log(f"searching {d['model']} on {d['dataset']}: {', '.join(d['space'])} ({d['epochs']} epochs per trial)")
@@ -242,9 +300,10 @@ def run_sweep(
     val = (ds.train_images[va], ds.train_labels[va])
     log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {d['seed']})")
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    counts = {"complete": 0, "pruned": 0, "fail": 0}  # TrialState names
 
-    def objective(trial):
+    def attempt(trial):
+        """Train one trial: (state, value, what to log)."""
         flags = searched_flags(d["model"], suggest(trial, d["space"]))
         model_config, config = configs([*fixed_flags(d), *flags, "--val-split", str(d["val_split"])])
         trial.set_user_attr("args", flags)
@@ -254,49 +313,100 @@ def run_sweep(
         torch.manual_seed(config.seed)  # as `densa train` does, so its val split reproduces the trial
         model = build_model(replace(model_config, num_classes=len(ds.classes))).to(device)
         t0 = time.perf_counter()
+        last = {}
 
         def on_epoch(record):
+            last.update(record)
             trial.report(record["val_acc"], record["epoch"])
             trial.set_user_attr("time_s", round(time.perf_counter() - t0, 2))
             if trial.should_prune():
-                counts["pruned"] += 1
-                acc = record["val_acc"]
-                log(f"trial {trial.number}: pruned after epoch {record['epoch']} (val_acc {acc:.4f})")
                 raise optuna.TrialPruned()
 
         try:
             history = train(model, x, y, config, val=val, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            return (
+                TrialState.PRUNED,
+                None,
+                f"pruned after epoch {last['epoch']} (val_acc {last['val_acc']:.4f})",
+            )
         except NonFiniteLoss as e:
-            counts["failed"] += 1
             trial.set_user_attr("error", str(e))
-            log(f"trial {trial.number}: failed: {e}")
-            return float("nan")  # Optuna records a NaN objective as FAIL and goes on
+            return TrialState.FAIL, None, f"failed: {e}"
         acc = history[-1]["val_acc"]
-        counts["complete"] += 1
-        done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
         best = max([(t.value, -t.number) for t in done] + [(acc, -trial.number)])  # ties: the earliest
-        log(
-            f"trial {trial.number}: val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s) · best: trial "
-            f"{-best[1]} {best[0]:.4f} · {shlex.join(flags)}"
+        said = (
+            f"val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s) · best: trial {-best[1]} {best[0]:.4f} · "
+            f"{shlex.join(flags)}"
         )
-        return acc
+        return TrialState.COMPLETE, acc, said
 
-    study.optimize(objective, n_trials=trials, timeout=timeout)
-    log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed")
+    # study.optimize's loop, written out: a trial that another worker marked FAIL under this one (this
+    # worker was silent for 2 x the heartbeat: suspended, or its database unreachable) is one line here
+    start = time.monotonic()
+    for _ in range(trials):
+        if timeout is not None and time.monotonic() - start > timeout:
+            break
+        optuna.storages.fail_stale_trials(study)  # RUNNING trials whose worker went silent end as FAIL
+        with (
+            warnings.catch_warnings()
+        ):  # "Heartbeat ... supposed to be used with Study.optimize": it is, here
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = study.ask()
+        try:
+            with beating(storage, trial, beat):
+                wanted, value, said = attempt(trial)
+            state = study.tell(trial, value, state=wanted, skip_if_finished=True).state
+        except optuna.exceptions.UpdateFinishedTrialError:  # a report or a tell on a trial failed under us
+            wanted, state = None, TrialState.FAIL
+        except BaseException:  # Ctrl-C, or a bug: the trial ends as FAIL, the error goes on to main()
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        if state != wanted:
+            said = (
+                f"marked FAIL by another worker, which heard no heartbeat from this one for {2 * beat}s "
+                "(twice the study's --heartbeat); going on with the next trial"
+            )
+        counts[state.name.lower()] += 1
+        log(f"trial {trial.number}: {said}")
+    log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")
     return counts
+
+
+@contextmanager
+def beating(storage, trial, seconds: int):
+    """Record `trial`'s heartbeat every `seconds` while the block runs, as study.optimize does."""
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            storage.record_heartbeat(trial._trial_id)  # Trial has no public id; optimize uses this one
+            if stop.wait(seconds):
+                return
+
+    thread = threading.Thread(target=beat, name="densa-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --------------------------------------------------------------------------- the leaderboard
 
 
-def show(storage_url: str, name: str, top: int = 10, heartbeat: int = 60, data_dir=None, log=print) -> dict:
-    """Print the leaderboard and the command that retrains the best trial; returns the best trial's data."""
-    import optuna
+def show(storage_url: str, name: str, top: int = 10, data_dir=None, log=print) -> dict:
+    """Print the leaderboard and the command that retrains the best trial; returns the best trial's data.
+
+    It only reads: a database that holds no study is refused untouched, and the trial of a worker that
+    died stays RUNNING here until the next worker marks it FAIL (after twice the study's heartbeat).
+    """
     from optuna.trial import TrialState
 
-    storage = open_storage(storage_url, heartbeat)
+    storage = open_storage(storage_url, create=False)
     study, d = open_study(storage, storage_url, name, {}, create=False)
-    optuna.storages.fail_stale_trials(study)  # trials of workers that died are marked FAIL now
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in TrialState}
     counts = ", ".join(f"{n} {s.name.lower()}" for s, n in states.items() if n)

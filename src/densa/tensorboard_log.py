@@ -14,16 +14,11 @@ import tempfile
 from pathlib import Path
 
 from .errors import DensaError
+from .extras import require
 
 
 def require_tensorboard() -> None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise DensaError(
-            "--tensorboard needs the tensorboard package, which is not installed; "
-            "run: pip install 'densa[tensorboard]'"
-        ) from None
+    require("tensorboard", "tensorboard", "--tensorboard")
 
 
 def scalar_name(key: str) -> str:
