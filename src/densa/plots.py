@@ -25,7 +25,7 @@ TILE_PX = 84  # screen pixels for one tile's longer side (28 x 28 digits: 3 pixe
 
 
 def require_matplotlib() -> None:
-    """Nothing left to check: importing this module did (kept for callers that check before training)."""
+    require("matplotlib", "report", "the report")
 
 
 def png_bytes(fig: Figure) -> bytes:

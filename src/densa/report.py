@@ -17,6 +17,7 @@ import numpy as np
 
 from .data import write_atomic
 from .errors import DensaError
+from .extras import require
 from .page import page_html
 
 RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json")
@@ -164,7 +165,8 @@ def best_epoch(*sources) -> int | None:
 
 def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, log=print) -> Path:
     """Write RUN/report/ (or `out`): one PNG per figure and index.html with all of them embedded."""
-    from . import plots  # without matplotlib: the one-line install hint, before any work
+    require("matplotlib", "report", "the report")  # before any work
+    from . import plots
 
     t0 = time.perf_counter()
     run = Path(run)
