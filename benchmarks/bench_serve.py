@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -132,16 +133,26 @@ def report(name: str, lat: list, errors: list, wall: float) -> float:
     return rate
 
 
-def serve_and_load(
-    run: Path, png: bytes, clients: int, seconds: float, think_ms: float, workers: int
-) -> None:
+@contextmanager
+def serving(run: Path, workers: int = 1):
+    """`densa serve RUN` on a free loopback port, up and answering /api/health; yields the port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "densa", "serve", str(run), "--port", str(port), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "densa",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.Popen(cmd)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read()
@@ -150,9 +161,19 @@ def serve_and_load(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     sys.exit("densa serve did not start")
                 time.sleep(0.2)
-        health = b"GET /api/health HTTP/1.1\r\nHost: b\r\n\r\n"
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def serve_and_load(
+    run: Path, png: bytes, clients: int, seconds: float, think_ms: float, workers: int
+) -> None:
+    with serving(run, workers) as (_, port):
+        health = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         predict = (
-            b"POST /api/predict HTTP/1.1\r\nHost: b\r\nContent-Type: image/png\r\n"
+            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             + f"Content-Length: {len(png)}\r\n\r\n".encode()
             + png
         )
@@ -165,9 +186,6 @@ def serve_and_load(
         base = report("GET /api/health (baseline)", *load(port, health, clients, seconds, think))
         rate = report("POST /api/predict (canvas)", *load(port, predict, clients, seconds, think))
         print(f"    predict throughput = {rate / base:.2f}x health's; target p99 <= 50 ms with 0 errors")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def main() -> None:
@@ -175,8 +193,19 @@ def main() -> None:
     ap.add_argument("run", nargs="?", help="run folder (default: train the default recipe now)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
-    ap.add_argument("--think-ms", type=float, default=0.0, help="pause after each answer, per client")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes; one phase each")
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="pause after each answer, per client",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="server processes; one phase each",
+    )
     ap.add_argument("--skip-in-process", action="store_true")
     args = ap.parse_args()
     print(f"densa serve benchmarks · {os.cpu_count()} CPUs (shared with the load generator)")
@@ -184,7 +213,9 @@ def main() -> None:
         run = Path(args.run) if args.run else Path(tmp) / "run"
         if not args.run:
             subprocess.run(
-                [sys.executable, "-m", "densa", "train", "--out", str(run)], check=True, capture_output=True
+                [sys.executable, "-m", "densa", "train", "--out", str(run)],
+                check=True,
+                capture_output=True,
             )
         png = canvas_png()
         if not args.skip_in_process:

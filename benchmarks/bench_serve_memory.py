@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
+
+from bench_serve import serving
 
 
 def big_png(side: int) -> bytes:
@@ -31,7 +29,11 @@ def big_png(side: int) -> bytes:
 
     im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     ImageDraw.Draw(im).line(
-        [(side // 4, side // 5), (side * 3 // 4, side // 5), (side // 2, side * 4 // 5)],
+        [
+            (side // 4, side // 5),
+            (side * 3 // 4, side // 5),
+            (side // 2, side * 4 // 5),
+        ],
         fill="black",
         width=max(1, side // 14),
     )
@@ -86,20 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else tiny_model(Path(tmp) / "run")
         png = big_png(args.side)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "densa", "serve", str(run), "--port", str(port)])
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        sys.exit("densa serve did not start")
-                    time.sleep(0.2)
+        with serving(run) as (proc, port):
             before = mib(proc.pid, "VmRSS")
             codes: Counter = Counter()
             lock = threading.Lock()
@@ -115,9 +104,6 @@ def main() -> None:
             wall = time.perf_counter() - t
             peak = mib(proc.pid, "VmHWM")
             after = mib(proc.pid, "VmRSS")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
     print(
         f"densa serve, {args.clients} clients x {args.requests} POSTs of a {args.side}x{args.side} RGBA PNG "
         f"({len(png) / 1024:.0f} KiB) in {wall:.1f} s; answers {dict(sorted(codes.items()))}"
