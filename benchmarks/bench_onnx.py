@@ -29,7 +29,7 @@ from pathlib import Path
 
 CHILD = {
     "onnxruntime": (
-        "import numpy as np; from densa.export import OnnxPredictor; "
+        "import numpy as np; from densa.inference.onnx_file import OnnxPredictor; "
         "p = OnnxPredictor({onnx!r}); p.predict_proba(np.zeros((1, 28, 28), np.float32))"
     ),
     "torch": (
@@ -89,11 +89,11 @@ def main() -> None:
     import torch
 
     import densa
-    from densa.checkpoint import build_meta, dataset_meta
-    from densa.config import ModelConfig
-    from densa.data import DATASETS
-    from densa.export import OnnxPredictor, export_onnx
-    from densa.models import build_model, count_parameters
+    from densa.core.checkpoint import build_meta, dataset_meta
+    from densa.core.config import ModelConfig
+    from densa.core.data import DATASETS
+    from densa.core.models import build_model, count_parameters
+    from densa.inference.onnx_file import OnnxPredictor, export_onnx
 
     default_threads = torch.get_num_threads()
     print(

@@ -40,11 +40,11 @@ def main() -> None:
 
     import torch
 
-    from densa.config import resolve
-    from densa.data import load_dataset
-    from densa.device import cpu_bf16_is_fast
-    from densa.models import build_model
-    from densa.train import train
+    from densa.core.config import resolve
+    from densa.core.data import load_dataset
+    from densa.core.device import cpu_bf16_is_fast
+    from densa.core.models import build_model
+    from densa.training.loop import train
 
     print(f"bf16 vs fp32 · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__}")
     print(f"{torch.get_num_threads()} threads · AVX512-BF16 or AMX here: {cpu_bf16_is_fast()}")

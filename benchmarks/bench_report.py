@@ -41,10 +41,10 @@ def stages(run: Path, out: Path) -> None:
     import matplotlib  # noqa: F401
     import torch  # noqa: F401
 
-    from densa import plots
-    from densa.checkpoint import load
-    from densa.metrics import assess, load_split
-    from densa.report import figures_for, write_report
+    from densa.apps import plots
+    from densa.apps.report import figures_for, write_report
+    from densa.core.checkpoint import load
+    from densa.core.metrics import assess, load_split
 
     t = {}
     t0 = time.perf_counter()

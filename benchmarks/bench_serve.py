@@ -60,7 +60,7 @@ def in_process(run: Path, png: bytes) -> None:
     import numpy as np
     import torch
 
-    from densa.predictor import classify, open_predictor
+    from densa.inference.predictor import classify, open_predictor
 
     torch.set_num_threads(1)
     p = open_predictor(run)

@@ -45,10 +45,10 @@ def big_png(side: int) -> bytes:
 def tiny_model(folder: Path) -> Path:
     import torch
 
-    from densa import data
-    from densa.checkpoint import build_meta, dataset_meta, save
-    from densa.config import ModelConfig
-    from densa.models import build_model
+    from densa.core import data
+    from densa.core.checkpoint import build_meta, dataset_meta, save
+    from densa.core.config import ModelConfig
+    from densa.core.models import build_model
 
     torch.manual_seed(0)
     config = ModelConfig(hidden=(128,))

@@ -107,9 +107,9 @@ def main() -> None:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from densa.data import load_dataset
-    from densa.models import MLP
-    from densa.train import train
+    from densa.core.data import load_dataset
+    from densa.core.models import MLP
+    from densa.training.loop import train
 
     print(f"torch {torch.__version__} · {torch.get_num_threads()} threads")
     loads = []

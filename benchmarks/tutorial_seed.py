@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from densa.data import load_dataset
+from densa.core.data import load_dataset
 
 
 class MNIST:

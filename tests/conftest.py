@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import write_dataset  # noqa: E402
 
-from densa import data  # noqa: E402
+from densa.core import data  # noqa: E402
 
 REAL_DATA_DIR = os.environ.get("DENSA_DATA_DIR")
 REAL_SYSTEM_DIRS = data.SYSTEM_DIRS
@@ -97,9 +97,9 @@ def tiny_run(tmp_path_factory):
     """An untrained 784-16-10 MLP saved as an MNIST checkpoint: for API and CLI tests that need any model."""
     import torch
 
-    from densa.checkpoint import build_meta, dataset_meta, save
-    from densa.config import ModelConfig
-    from densa.models import build_model
+    from densa.core.checkpoint import build_meta, dataset_meta, save
+    from densa.core.config import ModelConfig
+    from densa.core.models import build_model
 
     torch.manual_seed(0)
     config = ModelConfig(hidden=(16,))

@@ -34,7 +34,7 @@ HOLD_DEADLINE = 600  # seconds a held process waits for its test before giving u
 def install_hook() -> None:
     import importlib
 
-    loop = importlib.import_module("densa.train")  # the module (densa.train is also a function)
+    loop = importlib.import_module("densa.training.loop")
     hold = os.environ.get("DENSA_TEST_HOLD_STEP")
     folder = Path(os.environ.get("DENSA_TEST_HOLD_DIR", "."))
     pause = float(os.environ.get("DENSA_TEST_STEP_SLEEP", "0"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densa.data import DataFile, DatasetSpec
+from densa.core.data import DataFile, DatasetSpec
 
 FILE_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -84,7 +84,7 @@ def spec_from_dir(folder: Path) -> DatasetSpec:
 
 def register(root: Path) -> None:
     """Add every dataset folder under `root` to DATASETS (for scripts run in a subprocess)."""
-    from densa import data
+    from densa.core import data
 
     for folder in sorted(Path(root).iterdir()):
         if folder.is_dir():

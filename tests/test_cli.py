@@ -10,7 +10,7 @@ import torch
 
 import densa
 from densa.cli import main
-from densa.data import load_dataset
+from densa.core.data import load_dataset
 
 RUN_FILES = ["checkpoint.pt", "metrics.jsonl", "model.safetensors", "summary.json"]
 EPOCH_LINE = re.compile(r"^Epoch (\d+) - loss: \d+\.\d{4} - acc: [01]\.\d{4}( - .+)?$")
@@ -194,7 +194,7 @@ def test_train_option_errors(synth, tmp_path, capsys, monkeypatch):
         errors_with(
             capsys, [*argv, "--device", "cuda"], r"--device cuda is not available here .*--device cpu"
         )
-    from densa import device
+    from densa.core import device
 
     monkeypatch.setattr(device, "cpu_flags", lambda *a: {"avx2", "fma"})
     monkeypatch.delenv(device.FORCE_BF16_ENV, raising=False)

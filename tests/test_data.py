@@ -10,8 +10,8 @@ import pytest
 import torch
 from synthetic import FILE_NAMES, idx_bytes, make_images, spec_for, write_dataset
 
-from densa import data
-from densa.data import DataError, load_dataset, read_idx
+from densa.core import data
+from densa.core.data import DataError, load_dataset, read_idx
 
 
 def test_read_idx_hand_built_images():

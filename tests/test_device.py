@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import densa
-from densa import device
-from densa.data import load_dataset
+from densa.core import device
+from densa.core.data import load_dataset
 
 
 def test_cpu_flags_decide_fast_bf16(tmp_path):

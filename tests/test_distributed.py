@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 
 import densa
-from densa.checkpoint import load_state
 from densa.cli import main
-from densa.config import ModelConfig
-from densa.data import load_dataset
-from densa.models import build_model
+from densa.core.checkpoint import load_state
+from densa.core.config import ModelConfig
+from densa.core.data import load_dataset
+from densa.core.models import build_model
 
 HERE = Path(__file__).parent
 RUN_FILES = ["checkpoint.pt", "metrics.jsonl", "model.safetensors", "summary.json"]
@@ -162,7 +162,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
 ):
     from synthetic import write_dataset
 
-    from densa import data
+    from densa.core import data
 
     root = tmp_path / "data"  # 225 steps of 8 images per epoch: time to interrupt one in the middle
     monkeypatch.setitem(data.DATASETS, "synth", write_dataset(root, "synth", n_train=2000, n_test=100))

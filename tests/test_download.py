@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from synthetic import FILE_NAMES, idx_bytes, make_images, spec_for
 
-from densa import data
 from densa.cli import main
-from densa.data import DataError, load_dataset
+from densa.core import data
+from densa.core.data import DataError, load_dataset
 
 
 class Server:

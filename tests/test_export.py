@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 import densa
-from densa.checkpoint import build_meta, dataset_meta
 from densa.cli import main
-from densa.config import ModelConfig
-from densa.data import DATASETS
-from densa.export import TOLERANCE, OnnxPredictor, evaluate_onnx, export_onnx
-from densa.models import build_model
+from densa.core.checkpoint import build_meta, dataset_meta
+from densa.core.config import ModelConfig
+from densa.core.data import DATASETS
+from densa.core.models import build_model
+from densa.inference.onnx_file import TOLERANCE, OnnxPredictor, evaluate_onnx, export_onnx
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -160,7 +160,7 @@ def test_predictor_needs_no_torch(small, tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = textwrap.dedent(f"""
         import sys, numpy as np
-        from densa.export import OnnxPredictor
+        from densa.inference.onnx_file import OnnxPredictor
         p = OnnxPredictor({str(path)!r})
         np.save({str(tmp_path / "p.npy")!r}, p.predict_proba(np.load({str(tmp_path / "x.npy")!r})))
         print(sorted(m for m in ("torch", "onnx", "onnxscript") if m in sys.modules))
@@ -369,8 +369,8 @@ def test_predict_images_and_serve_an_onnx_file_without_torch(exported, tmp_path,
     code = f"""
 import sys
 from starlette.testclient import TestClient
-from densa.predictor import open_predictor
-from densa.serve import create_app
+from densa.inference.predictor import open_predictor
+from densa.apps.serve import create_app
 with TestClient(create_app(open_predictor({str(out)!r}))) as c:
     body = open({str(img)!r}, "rb").read()
     r = c.post("/api/predict", content=body, headers={{"content-type": "image/png"}})

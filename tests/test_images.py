@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw
 from realistic import make_set, naive
 
 import densa
-from densa import images
-from densa.images import ImageError, NoInk, UnsupportedImage, prepare
+from densa.inference import images
+from densa.inference.images import ImageError, NoInk, UnsupportedImage, prepare
 
 
 def png(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:

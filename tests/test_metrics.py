@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import classification_report
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from densa.metrics import calibration, class_table, confusion_matrix, format_confusion, format_table
+from densa.core.metrics import calibration, class_table, confusion_matrix, format_confusion, format_table
 
 CLASSES = [f"c{i}" for i in range(6)]
 

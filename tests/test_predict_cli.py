@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from densa.cli import main
-from densa.images import prepare
-from densa.predictor import open_predictor
+from densa.inference.images import prepare
+from densa.inference.predictor import open_predictor
 
 
 def write_digit(path, fmt=None):

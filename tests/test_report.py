@@ -22,10 +22,10 @@ from synthetic import write_dataset
 from torch import nn
 
 import densa
-from densa import data
+from densa.apps.plots import curves
+from densa.apps.report import first_layer, write_report
 from densa.cli import main
-from densa.plots import curves
-from densa.report import first_layer, write_report
+from densa.core import data
 
 # PNG sizes for a 10-class dataset; they follow from the figure sizes and DPI in densa/plots.py
 SIZES = {
@@ -271,14 +271,14 @@ def test_first_layer_of_mlp_linear_and_conv():
 
 def test_report_of_a_cnn_run(weak, tmp_path, monkeypatch):
     """The whole report for a model whose first layer is a Conv2d (a stand-in for densa's CNN)."""
-    from densa import checkpoint
-    from densa.checkpoint import build_meta, dataset_meta
+    from densa.core import checkpoint
+    from densa.core.checkpoint import build_meta, dataset_meta
 
     run, root = weak
     torch.manual_seed(0)
     cnn = TinyCNN()
     monkeypatch.setattr(checkpoint, "build_model", lambda config: TinyCNN())
-    monkeypatch.setattr("densa.config.MODELS", ("mlp", "cnn", "tinycnn"))  # a model name load accepts
+    monkeypatch.setattr("densa.core.config.MODELS", ("mlp", "cnn", "tinycnn"))  # a model name load accepts
     cfg = densa.ModelConfig(model="tinycnn", hidden=())
     densa.save(
         cnn, tmp_path / "cnn" / "model.safetensors", build_meta(cfg, dataset_meta(data.DATASETS["synthw"]))

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from synthetic import write_dataset
 
-from densa import data
-from densa.checkpoint import load_state
 from densa.cli import main
+from densa.core import data
+from densa.core.checkpoint import load_state
 
 HERE = Path(__file__).parent
 # every random thing at once: dropout, shifts, the val split, a warm-up + one-cycle schedule
@@ -209,14 +209,14 @@ def test_resume_refuses_bad_folders_and_checkpoints(finished, tmp_path, capsys):
     (run / "model.safetensors").unlink()  # no file to compare with: the weights must still fit the config
     state = load_state(other)
     state["model"]["net.0.weight"] = torch.zeros(3, 3)
-    from densa.checkpoint import save_state
+    from densa.core.checkpoint import save_state
 
     save_state(run / "checkpoint.pt", state)
     errors_with(capsys, ["train", "--resume", str(run)], "weights do not match the architecture")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth, tmp_path, capsys, monkeypatch):
-    loop = importlib.import_module("densa.train")  # the module (densa.train is the function)
+    loop = importlib.import_module("densa.training.loop")
     steps = 1000 // 128 + 1  # one epoch of the synthetic set at the default batch size
     real = loop.lr_at
     monkeypatch.setattr(loop, "lr_at", lambda s, t, c: real(s, t, c) if s < steps + 3 else float("nan"))

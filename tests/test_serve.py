@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from densa.predictor import open_predictor
-from densa.serve import create_app
+from densa.apps.serve import create_app
+from densa.inference.predictor import open_predictor
 
 
 def seven(fmt="PNG", size=280) -> bytes:
@@ -97,7 +97,7 @@ def live(tiny_run):
 
     import uvicorn
 
-    from densa.serve_http import HeadGuard  # what densa serve runs: bounded request heads
+    from densa.apps.serve_http import HeadGuard  # what densa serve runs: bounded request heads
 
     app = create_app(open_predictor(tiny_run), body_timeout=1.0)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=HeadGuard)

@@ -21,8 +21,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from densa.apps.sweep import open_storage, open_study
 from densa.cli import main
-from densa.sweep import open_storage, open_study
 
 HERE = Path(__file__).parent
 SETTINGS = {"dataset": "synth", "model": "mlp", "epochs": 3, "val_split": 0.1, "seed": 0, "precision": "fp32"}
@@ -234,16 +234,17 @@ def test_show_needs_a_sweep_and_a_known_study(synth, tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_point_of_the_space_is_a_densa_train_command(model):
-    from densa.config import resolve
-    from densa.models import build_model
-    from densa.sweep import SPACES, configs, definition, fixed_flags, searched_flags, suggest
+    from densa.apps.sweep import SPACES, configs, definition, searched_flags, suggest
+    from densa.core.config import resolve
+    from densa.core.models import build_model
 
     d = definition("mnist", model, 0, 0.1, 0, "fp32")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
         params = suggest(trial, SPACES[model])
-        model_config, config = configs([*fixed_flags(d), *searched_flags(model, params)])
+        model_config, config = configs(d, params)
+        assert searched_flags(model, params)[0] in ("--hidden", "--channels")
         assert model_config.model == model and config.epochs == d["epochs"] == resolve(model)[1].epochs
         assert (
             config.lr == pytest.approx(params["lr"], rel=1e-2) and config.batch_size == params["batch_size"]

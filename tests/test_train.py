@@ -9,8 +9,8 @@ import torch
 
 import densa
 from densa.cli import main
-from densa.data import load_dataset
-from densa.models import count_parameters
+from densa.core.data import load_dataset
+from densa.core.models import count_parameters
 
 
 def test_mlp_is_the_tutorials_network():
@@ -40,8 +40,8 @@ def test_bad_mlp_arguments():
 
 
 def test_api_names_are_functions_even_after_submodule_imports():
-    import densa.evaluate  # noqa: F401
-    import densa.train  # noqa: F401
+    import densa.core.evaluate  # noqa: F401
+    import densa.training.loop  # noqa: F401
 
     assert callable(densa.train) and densa.train.__name__ == "train"
     assert callable(densa.evaluate) and densa.evaluate.__name__ == "evaluate"
@@ -77,7 +77,7 @@ def test_train_learns_and_api_round_trip(synth, tmp_path):
     # float input in [0, 1] is the same as uint8
     assert torch.allclose(densa.predict_proba(model, ds.test_images[:7].float() / 255), probs)
 
-    from densa.checkpoint import build_meta, dataset_meta
+    from densa.core.checkpoint import build_meta, dataset_meta
 
     cfg = densa.ModelConfig(hidden=(64,))
     densa.save(model, tmp_path / "m.safetensors", build_meta(cfg, dataset_meta(ds.spec)))
@@ -104,7 +104,7 @@ def test_default_recipe_on_real_mnist(mnist_run):
 
 # --------------------------------------------------------------------------- the training options
 
-train_module = importlib.import_module("densa.train")  # the module; densa.train is the function
+train_module = importlib.import_module("densa.training.loop")
 
 
 def test_default_recipe_is_the_tutorials_loop_bit_for_bit(synth):
@@ -182,7 +182,7 @@ def test_optimisers_train(synth, kind, extra):
 
 
 def test_cnn_shapes_and_layers():
-    from densa.models import CNN
+    from densa.core.models import CNN
 
     torch.manual_seed(0)
     model = CNN(channels=(8, 16), hidden=(32,), dropout=0.1)
@@ -211,7 +211,7 @@ def test_cnn_shapes_and_layers():
 
 
 def test_presets_resolve_and_flags_override():
-    from densa.config import PRESETS, resolve
+    from densa.core.config import PRESETS, resolve
 
     m, c = resolve("seed")
     assert m == densa.ModelConfig() and c == densa.TrainConfig()
@@ -221,7 +221,7 @@ def test_presets_resolve_and_flags_override():
     with pytest.raises(densa.DensaError, match="unknown preset 'best'"):
         resolve("best")
     # a preset's per-dataset tweaks sit between the preset and the flags
-    from densa.config import PRESET_DATASET_TWEAKS
+    from densa.core.config import PRESET_DATASET_TWEAKS
 
     tweaks = PRESET_DATASET_TWEAKS[("mlp", "fashion-mnist")]
     c = resolve("mlp", dataset="fashion-mnist")[1]

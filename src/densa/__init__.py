@@ -9,48 +9,32 @@ torch is imported only when a name that needs it is first used.
     print(densa.evaluate(model, ds.test_images, ds.test_labels))
 """
 
-import sys
-import types
+from ._version import __version__
 
-__version__ = "0.1.0"
-
-_EXPORTS = {
-    "DensaError": "errors",
-    "DATASETS": "data",
-    "Dataset": "data",
-    "load_dataset": "data",
-    "MLP": "models",
-    "CNN": "models",
-    "ModelConfig": "config",
-    "PRESETS": "config",
-    "resolve": "config",
-    "build_model": "models",
-    "TrainConfig": "config",
-    "train": "train",
-    "evaluate": "evaluate",
-    "predict_proba": "evaluate",
-    "predict": "evaluate",
-    "Checkpoint": "checkpoint",
-    "save": "checkpoint",
-    "load": "checkpoint",
-    "OnnxPredictor": "export",
-    "export_onnx": "export",
+_EXPORTS = {  # public name -> the module that defines it
+    "DensaError": "core.errors",
+    "DATASETS": "core.data",
+    "Dataset": "core.data",
+    "load_dataset": "core.data",
+    "MLP": "core.models",
+    "CNN": "core.models",
+    "ModelConfig": "core.config",
+    "PRESETS": "core.config",
+    "resolve": "core.config",
+    "build_model": "core.models",
+    "TrainConfig": "core.config",
+    "train": "training.loop",
+    "evaluate": "core.evaluate",
+    "predict_proba": "core.evaluate",
+    "predict": "core.evaluate",
+    "Checkpoint": "core.checkpoint",
+    "save": "core.checkpoint",
+    "load": "core.checkpoint",
+    "OnnxPredictor": "inference.onnx_file",
+    "export_onnx": "inference.onnx_file",
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-
-class _Package(types.ModuleType):
-    # `densa.train` and `densa.evaluate` are functions that share their names with the modules
-    # densa/train.py and densa/evaluate.py. Importing a submodule would rebind the package
-    # attribute to the module; keep the function instead (submodules stay in sys.modules).
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and name in _EXPORTS:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

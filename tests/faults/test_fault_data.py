@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from synthetic import FILE_NAMES, write_dataset
 
-from densa import data
 from densa.cli import main
-from densa.data import DataError, load_dataset
+from densa.core import data
+from densa.core.data import DataError, load_dataset
 
 TESTS = Path(__file__).resolve().parent.parent
 OK_LINE = " ok  sha256:"

@@ -17,10 +17,10 @@ import torch
 from PIL import Image, ImageDraw
 
 import densa
-from densa import data
-from densa.checkpoint import load_state, save_state
 from densa.cli import main
-from densa.errors import DensaError
+from densa.core import data
+from densa.core.checkpoint import load_state, save_state
+from densa.core.errors import DensaError
 
 TAIL = "the file is damaged or not written by densa"
 

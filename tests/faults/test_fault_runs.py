@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from densa import data
-from densa.checkpoint import load_state
 from densa.cli import main
+from densa.core import data
+from densa.core.checkpoint import load_state
 
 TESTS = Path(__file__).parent.parent
 FLAGS = ["train", "--dataset", "synth", "--hidden", "32", "--threads", "1"]

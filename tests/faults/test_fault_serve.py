@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from densa import data
-from densa.checkpoint import build_meta, dataset_meta, save
+from densa.apps.serve import PixelBudget, allowed_hosts, create_app
+from densa.apps.serve_http import HeadGuard
 from densa.cli import main
-from densa.config import ModelConfig
-from densa.errors import DensaError
-from densa.predictor import open_predictor
-from densa.serve import PixelBudget, allowed_hosts, create_app
-from densa.serve_http import HeadGuard
+from densa.core import data
+from densa.core.checkpoint import build_meta, dataset_meta, save
+from densa.core.config import ModelConfig
+from densa.core.errors import DensaError
+from densa.inference.predictor import open_predictor
 
 DEADLINE = 60.0  # seconds; a safety net only, never what a test measures
 
@@ -70,7 +70,7 @@ def test_serve_refuses_a_model_whose_metadata_does_not_fit(tmp_path, capsys, no_
     """Before: the server started and answered every prediction with a plain-text 500."""
     import torch
 
-    from densa.models import build_model
+    from densa.core.models import build_model
 
     torch.manual_seed(0)
     config = ModelConfig(hidden=(16,))
@@ -372,7 +372,7 @@ def test_cli_passes_hosts_and_head_bounds_to_uvicorn(tiny_run, monkeypatch):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(app=app, **options))
     assert main(["serve", str(tiny_run), "--port", "0", "--allow-host", "densa.example"]) == 0
-    assert seen["http"] == "densa.serve_http:HeadGuard" and seen["host"] == "127.0.0.1"
+    assert seen["http"] == "densa.apps.serve_http:HeadGuard" and seen["host"] == "127.0.0.1"
     with client_for(seen["app"]) as c:
         assert c.get("/api/health", headers={"host": "densa.example"}).status_code == 200
         assert c.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
@@ -395,7 +395,7 @@ def png_of_side(side: int) -> bytes:
 
 def test_pixel_cap_is_checked_from_the_header_before_decoding(predictor, monkeypatch):
     """Before: a 25 KB PNG of 4096x4096 cost ~160 MB per request, 4 at once took RSS to 2.7 GB."""
-    import densa.images
+    import densa.inference.images
 
     with client_for(create_app(predictor, max_pixels=200 * 200)) as c:
         assert c.post("/api/predict", content=png_of_side(200)).status_code == 200

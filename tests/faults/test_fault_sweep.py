@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from densa.apps.sweep import open_storage, open_study
 from densa.cli import main
-from densa.sweep import open_storage, open_study
 
 TESTS = Path(__file__).parent.parent
 SETTINGS = {"dataset": "synth", "model": "mlp", "epochs": 3, "val_split": 0.1, "seed": 0, "precision": "fp32"}

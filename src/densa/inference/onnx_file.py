@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import DensaError
-from .extras import require
+from .._version import __version__
+from ..core.errors import DensaError
+from ..core.extras import require
 
 FORMAT = "densa.onnx.v1"
 OPSET = 20  # ai.onnx opset; torch 2.13's own default, so its exporter needs no version conversion
@@ -208,7 +208,7 @@ def export_onnx(
         "densa.version": __version__,
         "densa.classes": json.dumps(classes),
         "densa.preprocess": str(meta["dataset"].get("preprocess", "")),
-        # a run and its export answer with the same id (see densa.predictor.file_id)
+        # a run and its export answer with the same id (see core.checkpoint.file_id)
         "densa.model_id": (source or {}).get("model_id") or f"{dataset}-{model_name}@{digest[:12]}",
         **{f"densa.{k}": json.dumps(v) for k, v in full.items()},
     }
@@ -222,7 +222,7 @@ def export_onnx(
     except onnx.checker.ValidationError as e:
         raise OnnxError(f"the exported graph fails onnx's checker: {str(e).splitlines()[0]}") from None
 
-    from .data import write_atomic
+    from ..core.data import write_atomic
 
     data = proto.SerializeToString()
     write_atomic(out, data)
@@ -231,12 +231,12 @@ def export_onnx(
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> dict:
     """Export a run folder or .safetensors checkpoint to `out` (see export_onnx)."""
-    from .checkpoint import load
+    from ..core.checkpoint import load
 
     out = check_out(out, force)
     _require("onnx", "onnxscript", "onnxruntime")
     ckpt = load(run)
-    from .predictor import checkpoint_name, file_id
+    from ..core.checkpoint import checkpoint_name, file_id
 
     sha = hashlib.sha256(ckpt.path.read_bytes()).hexdigest()
     model_id = file_id(ckpt.path, checkpoint_name(ckpt.path), sha)
@@ -326,7 +326,7 @@ class OnnxPredictor:
 
     def _checked(self, meta: dict, classes) -> tuple[dict, list[str]]:
         """The metadata checked as a checkpoint's is, and the flat properties against it and the graph."""
-        from .metadata import check_classes, check_meta, check_rule, refuse
+        from ..core.metadata import check_classes, check_meta, check_rule, refuse
 
         if not isinstance(meta["export"], dict):
             raise refuse(self.path, "densa.export", "a JSON object", meta["export"])
@@ -367,7 +367,7 @@ class OnnxPredictor:
 
 def evaluate_onnx(predictor: OnnxPredictor, images, labels, batch_size: int = 2000) -> dict:
     """Mean cross-entropy and accuracy over every image, as densa.evaluate returns them."""
-    from .metrics import cross_entropy
+    from ..core.metrics import cross_entropy
 
     labels = np.asarray(labels).astype(np.int64)
     n, loss_sum, correct = len(labels), 0.0, 0

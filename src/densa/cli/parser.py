@@ -11,9 +11,10 @@ import argparse
 import sys
 import textwrap
 
-from . import __version__, commands
-from .config import ModelConfig, SweepConfig, TrainConfig, field_names
-from .errors import DensaError
+from .._version import __version__
+from ..core.config import ModelConfig, SweepConfig, TrainConfig, field_names
+from ..core.errors import DensaError
+from . import commands
 
 MODEL_FIELDS = field_names(ModelConfig)
 
@@ -85,7 +86,7 @@ def channel_list(s: str) -> tuple[int, ...]:
 
 
 def presets_help() -> str:
-    from .config import PRESET_DATASET_TWEAKS, PRESETS
+    from ..core.config import PRESET_DATASET_TWEAKS, PRESETS
 
     def show(v):
         return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -116,7 +117,7 @@ def settings_adder(p, mdef, tdef):
 
 
 def build_parser() -> Parser:
-    from .config import ACTIVATIONS, DEVICES, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+    from ..core.config import ACTIVATIONS, DEVICES, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
 
     mdef, tdef = ModelConfig(), TrainConfig()
     parser = Parser(

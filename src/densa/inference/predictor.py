@@ -1,6 +1,6 @@
 """The small interface `densa predict` and `densa serve` use to ask a trained model about images.
 
-A predictor has `classes` (names in column order), `preprocess` (a rule name from densa.images.RULES),
+A predictor has `classes` (names in column order), `preprocess` (a rule name from images.RULES),
 `model_id` (a short stable id of the weights), `meta` (the checkpoint metadata) and
 `predict_proba(x)`: float32 (N, 28, 28) in [0, 1], light ink on black -> float32 (N, classes).
 `open_predictor(path)` opens a run folder, .safetensors or .onnx file. `classify` and `result` turn an image's
@@ -10,28 +10,10 @@ bytes into the JSON-ready answer both commands print or send; `predict_files` do
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
-
-
-def file_id(path: Path, name: str, sha256: str | None = None) -> str:
-    """'<name>@<first 12 hex of the file's sha256>': names a model and pins its exact bytes."""
-    if sha256 is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        sha256 = h.hexdigest()
-    return f"{name}@{sha256[:12]}"
-
-
-def checkpoint_name(path: Path) -> str:
-    """A run folder's name for its model.safetensors, else the file's stem."""
-    path = Path(path)
-    return path.parent.name if path.name == "model.safetensors" else path.stem
 
 
 class TorchPredictor:
@@ -40,7 +22,7 @@ class TorchPredictor:
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import torch
 
-        from .checkpoint import load
+        from ..core.checkpoint import checkpoint_name, file_id, load
 
         if threads:
             torch.set_num_threads(threads)
@@ -64,7 +46,7 @@ class TorchPredictor:
 
 def open_predictor(path: str | os.PathLike, threads: int | None = None):
     """A predictor for a run folder, a .safetensors file or an exported .onnx file (onnxruntime, no torch)."""
-    from .export import OnnxPredictor, is_onnx
+    from .onnx_file import OnnxPredictor, is_onnx
 
     return OnnxPredictor(path, threads=threads) if is_onnx(path) else TorchPredictor(path, threads=threads)
 
@@ -84,7 +66,7 @@ def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
 
 
 def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tuple[dict, np.ndarray]:
-    """Image bytes -> (answer, the uint8 28x28 the model saw). Raises densa.images.ImageError."""
+    """Image bytes -> (answer, the uint8 28x28 the model saw). Raises densa.inference.images.ImageError."""
     from .images import prepare
 
     pixels = prepare(data, predictor.preprocess, name)
@@ -136,7 +118,7 @@ def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
 
 def save_inputs(folder: str | os.PathLike, items: list[tuple[str, np.ndarray]]) -> None:
     """Write each (name, uint8 28x28) as FOLDER/<stem>.28x28.png, atomically; repeated stems get -2, -3."""
-    from .data import write_atomic
+    from ..core.data import write_atomic
     from .images import to_png
 
     used: set[str] = set()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .errors import DensaError
+from ..core.errors import DensaError
 
 TIMEOUT_ENV = "DENSA_DIST_TIMEOUT"  # seconds a rank waits for the others at any collective (default 300)
 DIGESTS_ENV = "DENSA_DIST_DIGESTS"  # a folder: each rank appends its weights' sha256 after every epoch
@@ -211,7 +211,7 @@ class Group:
         import torch
         import torch.distributed as dist
 
-        from .evaluate import evaluate
+        from ..core.evaluate import evaluate
 
         self.sync_buffers(model)
         x, y = self.part(images), self.part(labels)

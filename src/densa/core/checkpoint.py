@@ -7,6 +7,7 @@ Metadata values are JSON strings under the keys of META_KEYS.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from .._version import __version__
 from .config import ModelConfig
 from .data import write_atomic
 from .metadata import META_KEYS, MetadataError, check_meta, check_state, refuse
@@ -280,3 +281,23 @@ def _kind(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"{value.dtype} tensor of shape {list(value.shape)}"
     return type(value).__name__
+
+
+# --------------------------------------------------------------------------- model ids
+
+
+def file_id(path: Path, name: str, sha256: str | None = None) -> str:
+    """'<name>@<first 12 hex of the file's sha256>': names a model and pins its exact bytes."""
+    if sha256 is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        sha256 = h.hexdigest()
+    return f"{name}@{sha256[:12]}"
+
+
+def checkpoint_name(path: Path) -> str:
+    """A run folder's name for its model.safetensors, else the file's stem."""
+    path = Path(path)
+    return path.parent.name if path.name == "model.safetensors" else path.stem

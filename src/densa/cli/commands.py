@@ -11,16 +11,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import SETTINGS
-from .errors import DensaError
-from .extras import require
+from .._version import __version__
+from ..core.config import SETTINGS
+from ..core.errors import DensaError
+from ..core.extras import require
 
 
 def cmd_train(args) -> int:
     import torch
 
-    from .distributed import launched
+    from ..training.distributed import launched
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
         raise DensaError(f"--resume continues {args.resume} in place; drop --out")
     lock = None
     if args.resume and not launched() and not (args.nproc and args.nproc > 1) and Path(args.resume).is_dir():
-        from .runfolder import RunLock
+        from ..training.runfolder import RunLock
 
         lock = RunLock(args.resume).acquire()  # before reading the checkpoint: no one else may write it
     try:
@@ -41,15 +41,15 @@ def cmd_train(args) -> int:
 def _train(args, lock) -> int:
     import torch
 
-    from .config import PRESETS, resolve
-    from .distributed import launched
-    from .run import open_resume, resume_configs, run_training
-    from .train import Interrupted
+    from ..core.config import PRESETS, resolve
+    from ..training.distributed import launched
+    from ..training.job import open_resume, resume_configs, run_training
+    from ..training.loop import Interrupted
 
     given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
     state = None
     if args.resume:
-        from .checkpoint import load_state
+        from ..core.checkpoint import load_state
 
         open_resume(Path(args.resume))
         state = load_state(args.resume)
@@ -61,19 +61,19 @@ def _train(args, lock) -> int:
         out = args.out
     assert preset in PRESETS
     if args.report:  # fail before training, not after it
-        from .plots import require_matplotlib
+        from ..apps.plots import require_matplotlib
 
         require_matplotlib()
     if args.tensorboard:
-        from .tensorboard_log import require_tensorboard
+        from ..apps.tensorboard_log import require_tensorboard
 
         require_tensorboard()
     ranks = None
     if launched():  # one of several processes started by torchrun (or by --nproc below)
         ranks = data_parallel(args, model_config, config, preset)
     elif args.nproc and args.nproc > 1:
-        from .device import resolve_device
-        from .distributed import check_nproc, launch
+        from ..core.device import resolve_device
+        from ..training.distributed import check_nproc, launch
 
         check_nproc(args.nproc, resolve_device(config.device))
         return launch(args.nproc, args.argv)
@@ -103,11 +103,11 @@ def _train(args, lock) -> int:
             ranks.close()
     if ranks is None or ranks.rank == 0:
         if args.tensorboard:
-            from .tensorboard_log import write_scalars
+            from ..apps.tensorboard_log import write_scalars
 
             write_scalars(r["out"])
         if args.report:
-            from .report import write_report
+            from ..apps.report import write_report
 
             write_report(r["out"], data_dir=args.data_dir)
     return 0
@@ -115,8 +115,8 @@ def _train(args, lock) -> int:
 
 def data_parallel(args, model_config, config, preset):
     """Join the process group; every rank must have been started with the same settings as rank 0."""
-    from .device import resolve_device
-    from .distributed import setup
+    from ..core.device import resolve_device
+    from ..training.distributed import setup
 
     ranks = setup(resolve_device(config.device), args.threads)
     try:
@@ -131,8 +131,8 @@ def data_parallel(args, model_config, config, preset):
 
 
 def _load_run(args):
-    from .checkpoint import load
-    from .data import load_dataset
+    from ..core.checkpoint import load
+    from ..core.data import load_dataset
 
     ckpt = load(args.run)
     ds = load_dataset(ckpt.dataset, args.data_dir)
@@ -140,18 +140,18 @@ def _load_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .export import is_onnx
-    from .metrics import assess, assess_logits, format_confusion, format_table, load_split
+    from ..core.metrics import assess, assess_logits, format_confusion, format_table, load_split
+    from ..inference.onnx_file import is_onnx
 
     if is_onnx(args.run):
-        from .export import OnnxPredictor
+        from ..inference.onnx_file import OnnxPredictor
 
         model = OnnxPredictor(args.run)
         ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
         r = assess_logits(model.logits(images.numpy()), labels.numpy(), ds.classes)
         kind = f"{model.meta['model'].get('model', 'model')} via onnxruntime"
     else:
-        from .checkpoint import load
+        from ..core.checkpoint import load
 
         model = load(args.run)
         ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
@@ -177,7 +177,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from ..apps.report import write_report
 
     write_report(args.run, args.out, dataset=args.dataset, split=args.split, data_dir=args.data_dir)
     return 0
@@ -196,9 +196,9 @@ def cmd_predict(args) -> int:
 def _predict_test_index(args) -> int:
     import numpy as np
 
-    from .data import load_dataset
-    from .evaluate import format_prediction
-    from .predictor import open_predictor, result
+    from ..core.data import load_dataset
+    from ..core.evaluate import format_prediction
+    from ..inference.predictor import open_predictor, result
 
     predictor = open_predictor(args.run)
     ds = load_dataset(predictor.meta["dataset"]["name"], args.data_dir)
@@ -211,7 +211,7 @@ def _predict_test_index(args) -> int:
     probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
     label = int(ds.test_labels[i])
     if args.save_input:
-        from .predictor import save_inputs
+        from ..inference.predictor import save_inputs
 
         save_inputs(args.save_input, [(f"test-{i}", pixels)])
     if args.json:
@@ -225,7 +225,7 @@ def _predict_test_index(args) -> int:
 
 
 def _predict_images(args) -> int:
-    from .predictor import open_predictor, predict_files, save_inputs
+    from ..inference.predictor import open_predictor, predict_files, save_inputs
 
     predictor = open_predictor(args.run, threads=args.threads)
     entries = predict_files(predictor, args.images, args.top_k)
@@ -250,7 +250,7 @@ def _predict_images(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from ..apps.serve import serve
 
     serve(
         args.run,
@@ -264,7 +264,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import INPUT, OUTPUTS, TOLERANCE, export_run
+    from ..inference.onnx_file import INPUT, OUTPUTS, TOLERANCE, export_run
 
     r = export_run(args.run, args.onnx, force=args.force)
     print(
@@ -283,7 +283,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import DATASETS, cache_dir, download, get_spec, load_file, locate, search_dirs
+    from ..core.data import DATASETS, cache_dir, download, get_spec, load_file, locate, search_dirs
 
     names = list(DATASETS) if args.dataset == "all" else [get_spec(args.dataset).name]
     dirs = search_dirs(args.data_dir)
@@ -321,8 +321,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import SweepConfig
-    from .sweep import FIXED, default_storage, run_sweep, show
+    from ..apps.sweep import FIXED, default_storage, run_sweep, show
+    from ..core.config import SweepConfig
 
     require("optuna", "sweep", "densa sweep")  # before a sweep folder is made
     given = {k: getattr(args, k) for k in (*FIXED, "heartbeat") if hasattr(args, k)}
@@ -338,7 +338,7 @@ def cmd_sweep(args) -> int:
     if not args.trials:
         raise DensaError("say how many trials this worker runs: --trials N (or --show to see the study)")
     if not args.storage:
-        from .data import get_spec
+        from ..core.data import get_spec
 
         get_spec(given.get("dataset", defaults.dataset))  # no sweep folder for a misspelt dataset
         out.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import DensaError
-from .extras import require
+from ..core.errors import DensaError
+from ..core.extras import require
 
 ATTR = "densa_sweep"  # study user attr holding the sweep's definition; workers with another are refused
 BEAT = "densa_heartbeat"  # study user attr: seconds between heartbeats, fixed when the study is created
@@ -52,7 +52,7 @@ FIXED = ("dataset", "model", "epochs", "val_split", "seed", "precision")  # one 
 
 def definition(dataset, model, epochs, val_split, seed, precision) -> dict:
     """What a study means: the fixed settings and the search space, as JSON values (stored in the study)."""
-    from .config import resolve
+    from ..core.config import resolve
 
     if model not in SPACES:
         raise DensaError(f"unknown model {model!r}; choose one of: {', '.join(SPACES)}")
@@ -91,14 +91,25 @@ def searched_flags(model: str, params: dict) -> list[str]:
     return flags + ["--schedule", params["schedule"], "--batch-size", str(params["batch_size"])]
 
 
-def configs(flags: list[str]):
-    """(ModelConfig, TrainConfig) of `densa train FLAGS`, read by densa train's own parser."""
-    from .cli import build_parser
-    from .config import SETTINGS, resolve
+def trial_settings(d: dict, params: dict) -> dict:
+    """One trial's `densa train` settings as values: the study's fixed ones, then the searched ones
+    rounded as searched_flags prints them, so that the printed command trains this very trial."""
+    settings = {k: d[k] for k in ("dataset", "epochs", "seed", "precision")}
+    if d["model"] == "mlp":
+        settings["hidden"] = (params["width"],) * params["depth"]
+    else:
+        settings["channels"] = tuple(params["width"] * 2**i for i in range(params["blocks"]))
+        settings["hidden"] = (params["head"],)
+    three = {k: float(f"{params[k]:.3g}") for k in ("dropout", "weight_decay", "lr")}
+    return {**settings, "activation": params["activation"], **three, "schedule": params["schedule"],
+            "batch_size": params["batch_size"]}  # fmt: skip
 
-    args = build_parser().parse_args(["train", *flags])
-    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
-    return resolve(given.pop("preset"), **given)
+
+def configs(d: dict, params: dict, val_split: float = 0.0):
+    """(ModelConfig, TrainConfig) of one trial of study `d`, as `densa train` builds them from its flags."""
+    from ..core.config import resolve
+
+    return resolve(d["preset"], **trial_settings(d, params), val_split=val_split)
 
 
 # --------------------------------------------------------------------------- storage and study
@@ -188,7 +199,7 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
     """
     import optuna
 
-    from .config import SweepConfig
+    from ..core.config import SweepConfig
 
     where = f"in {shown(url)}"
     try:
@@ -243,7 +254,7 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
 
 def heartbeat_of(study) -> int:
     """The study's heartbeat in seconds (studies made before it was stored: SweepConfig's default)."""
-    from .config import SweepConfig
+    from ..core.config import SweepConfig
 
     return study.user_attrs.get(BEAT, SweepConfig.heartbeat)
 
@@ -280,10 +291,10 @@ def run_sweep(
     import torch
     from optuna.trial import TrialState
 
-    from .data import get_spec, load_dataset
-    from .device import resolve_device
-    from .models import build_model
-    from .train import NonFiniteLoss, holdout, train
+    from ..core.data import get_spec, load_dataset
+    from ..core.device import resolve_device
+    from ..core.models import build_model
+    from ..training.loop import NonFiniteLoss, holdout, train
 
     if "dataset" in given:
         get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
@@ -304,8 +315,9 @@ def run_sweep(
 
     def attempt(trial):
         """Train one trial: (state, value, what to log)."""
-        flags = searched_flags(d["model"], suggest(trial, d["space"]))
-        model_config, config = configs([*fixed_flags(d), *flags, "--val-split", str(d["val_split"])])
+        params = suggest(trial, d["space"])
+        flags = searched_flags(d["model"], params)
+        model_config, config = configs(d, params, d["val_split"])
         trial.set_user_attr("args", flags)
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("threads", torch.get_num_threads())

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from .extras import require
+from ..core.extras import require
 
 require("matplotlib", "report", "the report")
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402

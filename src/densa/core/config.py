@@ -110,7 +110,7 @@ def _ints(v, field: str, least: int, most: int, top: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist"  # a name from densa.data.DATASETS
+    dataset: str = "mnist"  # a name from densa.core.data.DATASETS
     epochs: int = 5  # passes over the training set
     batch_size: int = 128  # images per optimiser step
     lr: float = 1e-3  # peak learning rate

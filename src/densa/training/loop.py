@@ -1,10 +1,10 @@
-"""Training: the explicit loop, and the `densa train` job that writes a run folder.
+"""Training: the explicit loop.
 
 The loop keeps the whole dataset as uint8 tensors; each epoch draws one seeded permutation and takes
 batches by index slicing (no DataLoader): [shift] -> forward -> cross_entropy on logits -> backward ->
 step. Randomness comes only from the seeded generator (shuffling, shifts) and torch's seeded global RNG
 (init, dropout), and the loop's whole state can be saved after any step, so a resumed run ends with the
-same bits as one that never stopped. densa.run wraps it the way `densa train` uses it.
+same bits as one that never stopped. densa.training.job wraps it the way `densa train` uses it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .errors import DensaError
+from ..core.config import TrainConfig
+from ..core.errors import DensaError
 
 
 class NonFiniteLoss(DensaError):
@@ -132,13 +132,13 @@ def train(
     epoch's wall "time". `on_epoch(record)` is called after each epoch; `on_state(state)` gets the full
     resumable state after each epoch and when `stop()` turns true (checked after every step; the loop
     then raises Interrupted); `state` is such a state to continue from. A non-finite loss raises
-    NonFiniteLoss before that step is applied. `ranks` (densa.distributed.Group) makes this one rank of a
+    NonFiniteLoss before that step is applied. `ranks` (distributed.Group) makes this one rank of a
     data-parallel run: each rank trains on its slice of every global batch and all ranks agree on sums.
     """
     from tqdm import tqdm
 
-    from .device import resolve_precision
-    from .evaluate import evaluate
+    from ..core.device import resolve_precision
+    from ..core.evaluate import evaluate
 
     config = replace(config or TrainConfig(), **overrides)
     config.check()
@@ -273,10 +273,3 @@ def epoch_line(record: dict) -> str:
     if "val_loss" in record:
         line += f" - val_loss: {record['val_loss']:.4f} - val_acc: {record['val_acc']:.4f}"
     return f"{line} - time: {record['time']:.2f}s" if "time" in record else line
-
-
-def run_training(*args, **kwargs):
-    """The `densa train` job; it lives in densa.run (kept here for callers of densa.train.run_training)."""
-    from .run import run_training as run
-
-    return run(*args, **kwargs)

@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import DensaError
-from .extras import require
+from ..core.errors import DensaError
+from ..core.extras import require
 
 
 def require_tensorboard() -> None:

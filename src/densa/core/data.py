@@ -36,6 +36,10 @@ class DataError(DensaError):
     pass
 
 
+# The ways a person's image is made to look like a dataset's 28x28 (inference.images.RULES implements them)
+PREPROCESS_RULES = ("mnist", "fashion", "kmnist")
+
+
 @dataclass(frozen=True)
 class DataFile:
     name: str  # decompressed file name; mirrors serve name + ".gz"
@@ -61,7 +65,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     mean: float  # of the training pixels scaled to [0, 1]
     std: float
-    preprocess: str  # how a person's image is turned into this dataset's 28x28 (see images.py)
+    preprocess: str  # how a person's image is turned into this dataset's 28x28: one of PREPROCESS_RULES
 
     @property
     def files(self) -> dict[str, DataFile]:

@@ -19,9 +19,9 @@ from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from . import __version__
-from .errors import DensaError
-from .extras import require
+from .._version import __version__
+from ..core.errors import DensaError
+from ..core.extras import require
 
 MAX_BODY = 1 << 20  # bytes; larger bodies get 413
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body before 408
@@ -80,12 +80,12 @@ def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) from an image's header, nothing decoded; (0, 0) if unreadable (decoding says why)."""
     from PIL import Image
 
-    from .images import ALLOWED_FORMATS
+    from ..inference.images import ALLOWED_FORMATS
 
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
             w, h = im.size
-    except Exception:  # Pillow raises many types for damaged headers; densa.images.decode words them
+    except Exception:  # Pillow raises many types for damaged headers; images.decode words them
         return 0, 0
     return w, h
 
@@ -132,8 +132,8 @@ def self_check(predictor) -> None:
     the wrong length) refuses to start with one line instead of failing every request."""
     import numpy as np
 
-    from .images import prepare, to_png
-    from .predictor import result
+    from ..inference.images import prepare, to_png
+    from ..inference.predictor import result
 
     where = getattr(predictor, "path", None) or getattr(predictor, "model_id", "the model")
     x = np.zeros((28, 28), np.uint8)
@@ -245,8 +245,8 @@ def create_app(
     from pydantic import BaseModel
     from starlette.exceptions import HTTPException
 
-    from .images import ImageError, NoInk, UnsupportedImage, to_png
-    from .predictor import classify
+    from ..inference.images import ImageError, NoInk, UnsupportedImage, to_png
+    from ..inference.predictor import classify
 
     self_check(predictor)
     budget = PixelBudget(decode_budget)
@@ -400,7 +400,7 @@ def create_app(
 
 def app_from_env():
     """The app for uvicorn's worker processes (`densa serve --workers N`): the run comes from the env."""
-    from .predictor import open_predictor
+    from ..inference.predictor import open_predictor
 
     threads = int(os.environ.get("DENSA_SERVE_THREADS", "1"))
     hosts = os.environ.get("DENSA_SERVE_HOSTS", "*")
@@ -420,7 +420,7 @@ def serve(
         require(module, "serve", "densa serve")
     import uvicorn
 
-    from .predictor import open_predictor
+    from ..inference.predictor import open_predictor
 
     # fails here, with one line, on a bad RUN; an .onnx file is served without importing torch
     predictor = open_predictor(path, threads=threads)
@@ -433,12 +433,12 @@ def serve(
     )
     # the protocol by name, so that worker processes can import it: it bounds each request's head
     options = dict(
-        host=host, port=port, log_level="warning", server_header=False, http="densa.serve_http:HeadGuard"
+        host=host, port=port, log_level="warning", server_header=False, http="densa.apps.serve_http:HeadGuard"
     )
     if workers > 1:
         os.environ["DENSA_SERVE_RUN"] = str(Path(path).resolve())
         os.environ["DENSA_SERVE_THREADS"] = str(threads)
         os.environ["DENSA_SERVE_HOSTS"] = "*" if hosts is None else ",".join(sorted(hosts))
-        uvicorn.run("densa.serve:app_from_env", factory=True, workers=workers, **options)
+        uvicorn.run("densa.apps.serve:app_from_env", factory=True, workers=workers, **options)
     else:
         uvicorn.run(app, **options)

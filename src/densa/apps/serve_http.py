@@ -5,7 +5,7 @@ header of any size. `HeadGuard` answers 408 to a head that has not arrived withi
 of its first byte and 431 to one over MAX_HEAD bytes, then closes the connection (a new connection
 that sends nothing for HEAD_TIMEOUT seconds is closed without an answer; between requests on a
 kept-alive one, uvicorn's keep-alive timeout applies); protocol-level errors get densa's JSON
-shape. `densa serve` passes it to uvicorn as http="densa.serve_http:HeadGuard" (a name, so that
+shape. `densa serve` passes it to uvicorn as http="densa.apps.serve_http:HeadGuard" (a name, so that
 worker processes can import it). Subclass it to change the bounds.
 """
 

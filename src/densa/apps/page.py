@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from .._version import __version__
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
@@ -123,7 +123,7 @@ def page_html(files, ckpt, ds, split: str, result: dict | None, pngs: dict) -> s
     parts.append("<h2>Configuration</h2>")
     tables = []
     if ckpt is not None:
-        from .models import count_parameters
+        from ..core.models import count_parameters
 
         parts.append(f"<pre>{esc(ckpt.model)}</pre><p>parameters: {count_parameters(ckpt.model):,}</p>")
         keys = ("model", "train", "dataset", "input") + (("metrics",) if files.summary is None else ())

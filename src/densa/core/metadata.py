@@ -53,8 +53,8 @@ def check_classes(file, name: str, classes, count: int) -> list[str]:
 
 
 def check_rule(file, name: str, rule) -> str:
-    """A preprocessing rule's name from densa.images.RULES; none given (older files) means 'mnist'."""
-    from .images import RULES
+    """A preprocessing rule's name (data.PREPROCESS_RULES); none given (older files) means 'mnist'."""
+    from .data import PREPROCESS_RULES as RULES
 
     if rule is None or rule == "":
         return "mnist"

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data import WriteError
-from .errors import DensaError
+from ..core.data import WriteError
+from ..core.errors import DensaError
 
 RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json", "checkpoint.pt")
 LOCK_FILE = ".densa-run.lock"
@@ -156,7 +156,7 @@ def first_epoch_leftovers(folder: Path) -> list[Path] | None:
             return None
     model = folder / "model.safetensors"
     if model.exists():
-        from .checkpoint import read_meta
+        from ..core.checkpoint import read_meta
 
         try:
             if read_meta(model)["metrics"].get("epoch") != 1:

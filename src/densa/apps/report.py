@@ -1,7 +1,7 @@
 """`densa report RUN`: PNG figures and one self-contained HTML page about a trained run.
 
 write_report(run) reads what the run folder holds (model.safetensors, metrics.jsonl, summary.json),
-assesses the model on a split (densa.metrics.assess), draws the figures (densa.plots) and writes them,
+assesses the model on a split (core.metrics.assess), draws the figures (apps.plots) and writes them,
 plus index.html with every image embedded as a data: URI, into RUN/report/. Whatever is missing (an
 interrupted run has no model yet, an old one no metrics) is left out with a note saying so.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import write_atomic
-from .errors import DensaError
-from .extras import require
+from ..core.data import write_atomic
+from ..core.errors import DensaError
+from ..core.extras import require
 from .page import page_html
 
 RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json")
@@ -180,8 +180,8 @@ def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, lo
     ckpt = ds = result = None
     figs: dict[str, tuple[object, str]] = {}
     if files.checkpoint is not None:
-        from .checkpoint import load
-        from .metrics import assess, load_split
+        from ..core.checkpoint import load
+        from ..core.metrics import assess, load_split
 
         ckpt = load(files.checkpoint)
         ds, images, labels = load_split(ckpt, dataset, split, data_dir)

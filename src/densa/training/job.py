@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, TrainConfig
-from .data import WriteError
-from .errors import DensaError
+from ..core.config import ModelConfig, TrainConfig
+from ..core.data import WriteError
+from ..core.errors import DensaError
+from .loop import Interrupted, NonFiniteLoss, epoch_line, holdout, train
 from .runfolder import RUN_FILES
-from .train import Interrupted, NonFiniteLoss, epoch_line, holdout, train
 
 
 def default_out(config: TrainConfig, model: str = "mlp") -> Path:
@@ -37,7 +37,7 @@ def default_out(config: TrainConfig, model: str = "mlp") -> Path:
 
 def open_resume(run: Path) -> None:
     """Before loading a run's checkpoint: a folder without one is a run that never finished epoch 1."""
-    from .checkpoint import STATE_FILE
+    from ..core.checkpoint import STATE_FILE
 
     if run.is_dir() and not (run / STATE_FILE).exists():
         raise DensaError(
@@ -75,7 +75,7 @@ def _extendable(run: Path, state: dict, config: TrainConfig, epochs: int) -> Non
 
 def resume_configs(run: Path, state: dict, given: dict) -> tuple[ModelConfig, TrainConfig, str]:
     """The configs saved in `state`; `given` (settings passed again on the command line) must agree."""
-    from .checkpoint import CheckpointError, read_meta
+    from ..core.checkpoint import CheckpointError, read_meta
 
     model_config = ModelConfig.from_dict(state["model_config"])
     config = TrainConfig.from_dict(state["train_config"])
@@ -132,7 +132,7 @@ def run_training(
 ) -> dict:
     """Train and write the run folder `out`; with `state` (from checkpoint.load_state), continue it.
 
-    With `ranks` (densa.distributed.Group) this is one process of a data-parallel run: all ranks train
+    With `ranks` (distributed.Group) this is one process of a data-parallel run: all ranks train
     and evaluate, rank 0 alone logs and writes the folder. The folder is held (runfolder.RunLock) from
     before anything is loaded until the run ends; pass `lock` when the caller took it already.
     """
@@ -166,7 +166,7 @@ def run_training(
 
 def kept(out: Path) -> str:
     """What a run folder still holds after a failed write, and the command that goes on from there."""
-    from .checkpoint import load_state
+    from ..core.checkpoint import load_state
 
     try:
         epoch = load_state(out)["epoch"]
@@ -176,11 +176,11 @@ def kept(out: Path) -> str:
 
 
 def _run(model_config, config, out, data_dir, log, progress, preset, state, ranks) -> dict:
-    from .checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
-    from .data import load_dataset, write_atomic
-    from .device import resolve_device, resolve_precision
-    from .evaluate import evaluate, format_prediction, predict_proba
-    from .models import build_model, count_parameters
+    from ..core.checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
+    from ..core.data import load_dataset, write_atomic
+    from ..core.device import resolve_device, resolve_precision
+    from ..core.evaluate import evaluate, format_prediction, predict_proba
+    from ..core.models import build_model, count_parameters
     from .runfolder import check_new_run, check_space, remove_temp_files
 
     rank0 = ranks is None or ranks.rank == 0

@@ -1,0 +1,1 @@
+"""Training: the explicit loop, data-parallel ranks, run folders and the `densa train` job (on core)."""
