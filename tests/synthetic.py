@@ -2,7 +2,7 @@
 
 Each class is a bright bar at its own place on a noisy background, so a model learns it in an epoch.
 `write_dataset` writes the four files and returns a DatasetSpec whose checksums match them;
-`register` adds such specs to densa.data.DATASETS (tests use monkeypatch; scripts call it directly).
+`register` adds such specs to densa.core.data.DATASETS (tests use monkeypatch; scripts call it directly).
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def test_huge_sparse_raw_file_is_one_line_not_a_memory_error(tmp_path):
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from synthetic import spec_from_dir\n"
-        "from densa import data\n"
+        "from densa.core import data\n"
         "from densa.cli import main\n"
         f"data.DATASETS['synth'] = spec_from_dir(Path({str(good / 'synth')!r}))\n"
         f"sys.exit(main(['data', 'verify', '--dataset', 'synth', '--data-dir', {str(root)!r}]))\n"

@@ -403,7 +403,7 @@ def test_pixel_cap_is_checked_from_the_header_before_decoding(predictor, monkeyp
         def no_decoding(*args, **kwargs):
             raise AssertionError("decoded an image over the pixel cap")
 
-        monkeypatch.setattr(densa.images, "prepare", no_decoding)
+        monkeypatch.setattr(densa.inference.images, "prepare", no_decoding)
         detail = is_problem(c.post("/api/predict", content=png_of_side(201)), 413, "too_large")
         assert "201x201 = 40,401 pixels" in detail and "up to 40,000 pixels (e.g. 200x200)" in detail, detail
 
