@@ -18,13 +18,14 @@ export DENSA_DATA_DIR
 run: $(VENV)/.installed
 	$(BIN)/densa train
 
-test: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks notebooks
+test: lint
 	$(BIN)/python -m pytest
 
+# ruff (style, imports, function size and complexity) and import-linter (layers, no cycles)
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/ruff format --check src tests benchmarks notebooks
+	$(BIN)/lint-imports
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks notebooks

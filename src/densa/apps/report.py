@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checkpoint import RUN_FILES
 from ..core.data import write_atomic
 from ..core.errors import DensaError
 from ..core.extras import require
 from .page import page_html
 
-RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json")
 MISTAKES = 30  # most confident mistakes shown, 10 per row
 PER_CLASS = 10  # correctly classified examples per class
 UNITS = 64  # first-layer units or filters shown

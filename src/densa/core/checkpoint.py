@@ -182,6 +182,8 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
 
 STATE_FORMAT = "densa.state.v1"
 STATE_FILE = "checkpoint.pt"
+# what `densa train` writes into a run folder (model first: the one file other commands need)
+RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json", STATE_FILE)
 
 
 def save_state(path: str | os.PathLike, state: dict) -> Path:

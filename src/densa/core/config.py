@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import DensaError
 
 MODELS = ("mlp", "cnn")
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh"}  # name -> torch.nn class
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")

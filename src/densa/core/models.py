@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ACTIVATIONS, ModelConfig
 from .errors import DensaError
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 MONOTONE = {"relu", "tanh"}  # non-decreasing: act(max(x)) == max(act(x))
 
 
@@ -33,7 +32,7 @@ class MLP(nn.Module):
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(self.sizes) - 2:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(getattr(nn, ACTIVATIONS[activation])())
                 if dropout > 0:
                     layers.append(nn.Dropout(dropout))
         self.net = nn.Sequential(*layers)
@@ -75,7 +74,7 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         c_in, side = 1, 28
         for c in channels:
-            act, pool = ACTIVATIONS[activation](), nn.MaxPool2d(2)
+            act, pool = getattr(nn, ACTIVATIONS[activation])(), nn.MaxPool2d(2)
             # max-pooling commutes with a non-decreasing activation (relu, tanh): pooling first computes
             # the same function with the activation on a quarter of the values (~10% faster steps)
             pair = [pool, act] if activation in MONOTONE else [act, pool]

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from ..core.checkpoint import RUN_FILES
 from ..core.config import ModelConfig, TrainConfig
 from ..core.data import WriteError
 from ..core.errors import DensaError
 from .loop import Interrupted, NonFiniteLoss, epoch_line, holdout, train
-from .runfolder import RUN_FILES
 
 
 def default_out(config: TrainConfig, model: str = "mlp") -> Path:

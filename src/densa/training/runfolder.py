@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.checkpoint import RUN_FILES
 from ..core.data import WriteError
 from ..core.errors import DensaError
 
-RUN_FILES = ("model.safetensors", "metrics.jsonl", "summary.json", "checkpoint.pt")
 LOCK_FILE = ".densa-run.lock"
 
 try:
