@@ -88,7 +88,7 @@ def test_a_trial_failed_under_its_worker_is_one_line_and_the_worker_goes_on(synt
             [a],
         )
         a.send_signal(signal.SIGINT)  # Ctrl-C: ends the worker and flushes what it printed
-        out, err = a.communicate(timeout=120)
+        out, err = a.communicate(timeout=600)  # a safety net; it ends at the next step
     finally:
         if a.poll() is None:
             a.kill()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -291,10 +292,17 @@ def run_sweep(
     import torch
     from optuna.trial import TrialState
 
+<<<<<<< HEAD:src/densa/apps/sweep.py
     from ..core.data import get_spec, load_dataset
     from ..core.device import resolve_device
     from ..core.models import build_model
     from ..training.loop import NonFiniteLoss, holdout, train
+=======
+    from .data import get_spec, load_dataset
+    from .device import resolve_device
+    from .models import build_model
+    from .train import Interrupted, NonFiniteLoss, holdout, train
+>>>>>>> main:src/densa/sweep.py
 
     if "dataset" in given:
         get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
@@ -335,7 +343,9 @@ def run_sweep(
                 raise optuna.TrialPruned()
 
         try:
-            history = train(model, x, y, config, val=val, on_epoch=on_epoch)
+            history = train(model, x, y, config, val=val, on_epoch=on_epoch, stop=interrupted.is_set)
+        except Interrupted:
+            return TrialState.FAIL, None, "interrupted (Ctrl-C)"
         except optuna.TrialPruned:
             return (
                 TrialState.PRUNED,
@@ -356,8 +366,29 @@ def run_sweep(
 
     # study.optimize's loop, written out: a trial that another worker marked FAIL under this one (this
     # worker was silent for 2 x the heartbeat: suspended, or its database unreachable) is one line here
+    # Ctrl-C stops the trial between two steps (never inside a database call): it is told FAIL, then
+    # the worker ends as `densa train` does
+    interrupted = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main_thread else None
+    try:
+        _work(study, storage, beat, attempt, trials, timeout, interrupted, counts, log)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")
+    return counts
+
+
+def _work(study, storage, beat, attempt, trials, timeout, interrupted, counts, log) -> None:
+    """Up to `trials` trials, each asked, trained under a heartbeat and told."""
+    import optuna
+    from optuna.trial import TrialState
+
     start = time.monotonic()
     for _ in range(trials):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         if timeout is not None and time.monotonic() - start > timeout:
             break
         optuna.storages.fail_stale_trials(study)  # RUNNING trials whose worker went silent end as FAIL
@@ -382,8 +413,8 @@ def run_sweep(
             )
         counts[state.name.lower()] += 1
         log(f"trial {trial.number}: {said}")
-    log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")
-    return counts
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 @contextmanager
