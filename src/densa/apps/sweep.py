@@ -292,17 +292,10 @@ def run_sweep(
     import torch
     from optuna.trial import TrialState
 
-<<<<<<< HEAD:src/densa/apps/sweep.py
     from ..core.data import get_spec, load_dataset
     from ..core.device import resolve_device
     from ..core.models import build_model
-    from ..training.loop import NonFiniteLoss, holdout, train
-=======
-    from .data import get_spec, load_dataset
-    from .device import resolve_device
-    from .models import build_model
-    from .train import Interrupted, NonFiniteLoss, holdout, train
->>>>>>> main:src/densa/sweep.py
+    from ..training.loop import Interrupted, NonFiniteLoss, holdout, train
 
     if "dataset" in given:
         get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
