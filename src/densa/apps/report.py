@@ -57,27 +57,35 @@ def read_run(run: Path) -> RunFiles:
     if ckpt.name != "model.safetensors":  # a loose checkpoint: the files beside it need not be its own
         files.notes.append(f"only the checkpoint {ckpt.name} was given: no training curves or run summary")
         return files
-    metrics = folder / "metrics.jsonl"
-    if metrics.is_file():
-        for i, line in enumerate(metrics.read_text().splitlines(), 1):
-            try:
-                record = json.loads(line) if line.strip() else {}
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict) and record:
-                files.records.append(record)
-            elif line.strip():
-                files.notes.append(f"metrics.jsonl line {i} is not a JSON object; skipped")
-    else:
-        files.notes.append("metrics.jsonl is missing: no training curves")
-    if (folder / "summary.json").is_file():
-        try:
-            files.summary = json.loads((folder / "summary.json").read_text())
-        except json.JSONDecodeError:
-            files.notes.append("summary.json is not valid JSON; left out")
-    else:
-        files.notes.append("summary.json is missing: no timings or final training numbers")
+    read_metrics(folder / "metrics.jsonl", files)
+    read_summary(folder / "summary.json", files)
     return files
+
+
+def read_metrics(path: Path, files: RunFiles) -> None:
+    """metrics.jsonl's records into `files.records`; a line that is not a JSON object is noted, skipped."""
+    if not path.is_file():
+        files.notes.append("metrics.jsonl is missing: no training curves")
+        return
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and record:
+            files.records.append(record)
+        elif line.strip():
+            files.notes.append(f"metrics.jsonl line {i} is not a JSON object; skipped")
+
+
+def read_summary(path: Path, files: RunFiles) -> None:
+    if not path.is_file():
+        files.notes.append("summary.json is missing: no timings or final training numbers")
+        return
+    try:
+        files.summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        files.notes.append("summary.json is not valid JSON; left out")
 
 
 def first_layer(model, classes) -> tuple[np.ndarray, list[str] | None, str] | None:

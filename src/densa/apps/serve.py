@@ -225,6 +225,17 @@ class Guard:
                 await response(scope, receive, send)
 
 
+# the OpenAPI description of /api/predict's body: image bytes, or a data URL as text
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "text/plain": {"schema": {"type": "string", "description": "a data URL: data:image/png;base64,..."}},
+    },
+}
+
+
 def create_app(
     predictor,
     *,
@@ -238,21 +249,49 @@ def create_app(
     """The FastAPI app serving `predictor` (an object with the predictor interface). `hosts`: the Host
     names it answers to (see allowed_hosts; None: any). DensaError if the model fails self_check."""
     require("fastapi", "serve", "densa serve")
-    import anyio
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel
     from starlette.exceptions import HTTPException
 
-    from ..inference.images import ImageError, NoInk, UnsupportedImage, to_png
-    from ..inference.predictor import classify
-
     self_check(predictor)
-    budget = PixelBudget(decode_budget)
-    pages = {path: (WEB.joinpath(name).read_bytes(), media) for path, (name, media) in PAGES.items()}
-    # inference threads: more than the cores only fight over the GIL; requests beyond wait their turn
-    workers = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
+    Prediction, Problem, Health = api_models()
+    handler = PredictRoute(predictor, max_body, body_timeout, max_pixels, PixelBudget(decode_budget))
+    app = FastAPI(
+        title="densa",
+        version=__version__,
+        description="Draw or upload a digit; densa prepares it the way the model's dataset was made and "
+        "answers with every class's probability.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(RequestValidationError, bad_parameters)
+    app.add_exception_handler(HTTPException, http_error)
+
+    @app.post(
+        "/api/predict",
+        response_model=Prediction,
+        responses={s: {"model": Problem} for s in (408, 413, 415, 422)},
+        openapi_extra={"requestBody": IMAGE_BODY},
+        summary="Classify one image (raw bytes or a data URL, at most 1 MiB)",
+    )
+    async def predict(request: Request, top_k: int = Query(top_k, ge=1, le=1000)):
+        return await handler(request, top_k)
+
+    @app.get("/api/health", response_model=Health)
+    def health():
+        return health_of(predictor)
+
+    for path, (name, media) in PAGES.items():
+        app.add_api_route(
+            path, page(WEB.joinpath(name).read_bytes(), media), methods=["GET"], include_in_schema=False
+        )
+    app.add_middleware(Guard, hosts=hosts)
+    return app
+
+
+def api_models():
+    """The response schemas of the JSON API (pydantic models, made when an app is: serve is an extra)."""
+    from pydantic import BaseModel
 
     class Prediction(BaseModel):
         predicted: int
@@ -275,127 +314,139 @@ def create_app(
         preprocess: str
         densa: str
 
-    app = FastAPI(
-        title="densa",
-        version=__version__,
-        description="Draw or upload a digit; densa prepares it the way the model's dataset was made and "
-        "answers with every class's probability.",
-        docs_url=None,
-        redoc_url=None,
-    )
+    return Prediction, Problem, Health
 
-    def problem(status: int, code: str, detail: str):
-        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=SECURITY_HEADERS)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_parameters(request, exc):
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return problem(422, "bad_request", where)
+def problem(status: int, code: str, detail: str):
+    """Every error's answer: JSON {"error": code, "detail": detail}, with the security headers."""
+    from fastapi.responses import JSONResponse
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc):
-        path = request.url.path
-        if exc.status_code == 404:
-            detail = f"nothing at {path}: the page is at /, the API at POST /api/predict and GET /api/health"
-            code = "not_found"
-        elif exc.status_code == 405:
-            allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
-            code = "method_not_allowed"
-            detail = f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else "")
-        else:
-            code, detail = "bad_request", str(exc.detail)
-        response = problem(exc.status_code, code, detail)
-        response.headers.update(exc.headers or {})
-        return response
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=SECURITY_HEADERS)
 
-    def infer(data: bytes, k: int) -> dict:
-        answer, pixels = classify(predictor, data, "image", k)
-        answer["input_image"] = "data:image/png;base64," + base64.b64encode(to_png(pixels)).decode()
-        return answer
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_body):
-            raise RequestError(413, "too_large", f"body over {max_body:,} bytes; send a smaller image")
-        chunks, size = [], 0
-        with anyio.fail_after(body_timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body:
-                    raise RequestError(
-                        413, "too_large", f"body over {max_body:,} bytes; send a smaller image"
-                    )
-                chunks.append(chunk)
-        return b"".join(chunks)
+async def bad_parameters(request, exc):
+    """A query parameter that does not fit (e.g. ?top_k=0): 422 bad_request naming it."""
+    where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return problem(422, "bad_request", where)
 
-    image_body = {
-        "required": True,
-        "content": {
-            **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "text/plain": {
-                "schema": {"type": "string", "description": "a data URL: data:image/png;base64,..."}
-            },
-        },
+
+async def http_error(request, exc):
+    """Starlette's own errors (404, 405, ...) as JSON problems that say where to go instead."""
+    path = request.url.path
+    if exc.status_code == 404:
+        detail = f"nothing at {path}: the page is at /, the API at POST /api/predict and GET /api/health"
+        code = "not_found"
+    elif exc.status_code == 405:
+        allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+        code = "method_not_allowed"
+        detail = f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else "")
+    else:
+        code, detail = "bad_request", str(exc.detail)
+    response = problem(exc.status_code, code, detail)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def health_of(predictor) -> dict:
+    return {
+        "status": "ok",
+        "model": predictor.model_id,
+        "classes": list(predictor.classes),
+        "preprocess": predictor.preprocess,
+        "densa": __version__,
     }
-    errors = {s: {"model": Problem} for s in (408, 413, 415, 422)}
 
-    @app.post(
-        "/api/predict",
-        response_model=Prediction,
-        responses=errors,
-        openapi_extra={"requestBody": image_body},
-        summary="Classify one image (raw bytes or a data URL, at most 1 MiB)",
-    )
-    async def predict(request: Request, top_k: int = Query(top_k, ge=1, le=1000)):
+
+def page(body: bytes, media: str):
+    """A GET handler answering with one file of the web page, held in memory."""
+    from fastapi.responses import Response
+
+    def handler():
+        return Response(body, media_type=media, headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
+
+    return handler
+
+
+async def read_body(request, max_body: int, timeout: float) -> bytes:
+    """The whole body, refused (413) as soon as it is known to pass `max_body` bytes; TimeoutError if it
+    takes over `timeout` seconds to arrive."""
+    import anyio
+
+    too_large = RequestError(413, "too_large", f"body over {max_body:,} bytes; send a smaller image")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_body):
+        raise too_large
+    chunks, size = [], 0
+    with anyio.fail_after(timeout):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise too_large
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def pixels_of(data: bytes, max_pixels: int) -> int:
+    """The image's pixel count from its header; 413 if over `max_pixels`, before anything is decoded."""
+    w, h = image_size(data)
+    if w * h > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise RequestError(
+            413,
+            "too_large",
+            f"the image is {w}x{h} = {w * h:,} pixels; this server reads images of up to "
+            f"{max_pixels:,} pixels (e.g. {side}x{side}): scale it down",
+        )
+    return w * h
+
+
+def image_problem(e: Exception):
+    """The answer to an image the preparation refused: 422 no_digit / bad_image, 415 unsupported_format."""
+    from ..inference.images import NoInk, UnsupportedImage
+
+    code, status = ("no_digit", 422) if isinstance(e, NoInk) else ("bad_image", 422)
+    if isinstance(e, UnsupportedImage):
+        code, status = "unsupported_format", 415
+    return problem(status, code, str(e).replace("image: ", "", 1))
+
+
+class PredictRoute:
+    """POST /api/predict: read the body, find the image in it, decode it within the pixel budget, classify
+    it in the threadpool (a few inference threads; more only fight over the GIL), answer JSON."""
+
+    def __init__(self, predictor, max_body: int, body_timeout: float, max_pixels: int, budget: PixelBudget):
+        import anyio
+
+        self.predictor, self.max_body, self.body_timeout = predictor, max_body, body_timeout
+        self.max_pixels, self.budget = max_pixels, budget
+        self.workers = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
+
+    async def __call__(self, request, top_k: int):
+        import anyio
+        from fastapi.responses import JSONResponse
+
+        from ..inference.images import ImageError
+
         try:
-            body = await read_body(request)
+            body = await read_body(request, self.max_body, self.body_timeout)
             data = image_bytes(body, request.headers.get("content-type", ""))
-            w, h = image_size(data)
-            if w * h > max_pixels:
-                side = math.isqrt(max_pixels)
-                raise RequestError(
-                    413,
-                    "too_large",
-                    f"the image is {w}x{h} = {w * h:,} pixels; this server reads images of up to "
-                    f"{max_pixels:,} pixels (e.g. {side}x{side}): scale it down",
-                )
-            async with budget.hold(w * h):
-                answer = await anyio.to_thread.run_sync(infer, data, top_k, limiter=workers)
+            async with self.budget.hold(pixels_of(data, self.max_pixels)):
+                answer = await anyio.to_thread.run_sync(self.infer, data, top_k, limiter=self.workers)
         except RequestError as e:
             return problem(e.status, e.code, e.detail)
         except TimeoutError:
-            return problem(408, "timeout", f"the body did not arrive within {body_timeout:g} s")
-        except NoInk as e:
-            return problem(422, "no_digit", str(e).replace("image: ", "", 1))
-        except UnsupportedImage as e:
-            return problem(415, "unsupported_format", str(e).replace("image: ", "", 1))
+            return problem(408, "timeout", f"the body did not arrive within {self.body_timeout:g} s")
         except ImageError as e:
-            return problem(422, "bad_image", str(e).replace("image: ", "", 1))
+            return image_problem(e)
         return JSONResponse(answer, headers=SECURITY_HEADERS)
 
-    @app.get("/api/health", response_model=Health)
-    def health():
-        return {
-            "status": "ok",
-            "model": predictor.model_id,
-            "classes": list(predictor.classes),
-            "preprocess": predictor.preprocess,
-            "densa": __version__,
-        }
+    def infer(self, data: bytes, k: int) -> dict:
+        from ..inference.images import to_png
+        from ..inference.predictor import classify
 
-    def page(path: str):
-        body, media = pages[path]
-
-        def handler():
-            return Response(body, media_type=media, headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
-
-        return handler
-
-    for path in pages:
-        app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
-    app.add_middleware(Guard, hosts=hosts)
-    return app
+        answer, pixels = classify(self.predictor, data, "image", k)
+        answer["input_image"] = "data:image/png;base64," + base64.b64encode(to_png(pixels)).decode()
+        return answer
 
 
 def app_from_env():

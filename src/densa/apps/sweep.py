@@ -19,6 +19,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -200,8 +201,6 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
     """
     import optuna
 
-    from ..core.config import SweepConfig
-
     where = f"in {shown(url)}"
     try:
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
@@ -218,26 +217,35 @@ def open_study(storage, url: str, name: str, given: dict, pruner=None, create: b
         raise DensaError(
             f"study {name!r} {where} minimises its objective; densa sweep maximises val accuracy"
         )
-    if stored is not None:
-        if not create:  # --show reads any densa study as it is
-            return study, stored
-        mine = definition(**{k: given.get(k, stored.get(k)) for k in FIXED})
-        diff = [
-            f"{k}: {stored.get(k)!r} in the study, {v!r} here"
-            if k in FIXED
-            else f"its {k} is another densa's"
-            for k, v in mine.items()
-            if v != stored.get(k)
-        ]
-        beat = heartbeat_of(study)
-        if given.get("heartbeat", beat) != beat:
-            diff.append(f"heartbeat: {beat!r} in the study, {given['heartbeat']!r} here")
-        if diff:
-            raise DensaError(
-                f"study {name!r} {where} was made with other settings ({'; '.join(diff)}); drop the "
-                f"differing flags to join it as it is, or start another study with --study NEW"
-            )
-        return study, stored
+    if stored is None:
+        return _create_study(optuna, study, storage, name, given, pruner, where)
+    if create:  # --show reads any densa study as it is
+        _check_joining(study, stored, given, name, where)
+    return study, stored
+
+
+def _check_joining(study, stored: dict, given: dict, name: str, where: str) -> None:
+    """A worker joining an existing study: the settings it was given explicitly must be the study's."""
+    mine = definition(**{k: given.get(k, stored.get(k)) for k in FIXED})
+    diff = [
+        f"{k}: {stored.get(k)!r} in the study, {v!r} here" if k in FIXED else f"its {k} is another densa's"
+        for k, v in mine.items()
+        if v != stored.get(k)
+    ]
+    beat = heartbeat_of(study)
+    if given.get("heartbeat", beat) != beat:
+        diff.append(f"heartbeat: {beat!r} in the study, {given['heartbeat']!r} here")
+    if diff:
+        raise DensaError(
+            f"study {name!r} {where} was made with other settings ({'; '.join(diff)}); drop the "
+            f"differing flags to join it as it is, or start another study with --study NEW"
+        )
+
+
+def _create_study(optuna, study, storage, name: str, given: dict, pruner, where: str):
+    """A new study (or an empty one without densa's definition) stamped with the definition and heartbeat."""
+    from ..core.config import SweepConfig
+
     defaults = SweepConfig()
     d = definition(**{k: given.get(k, getattr(defaults, k)) for k in FIXED})
     if study is None:
@@ -289,13 +297,8 @@ def run_sweep(
     `given` holds the SweepConfig fields passed explicitly (the study's settings and its heartbeat).
     """
     import optuna
-    import torch
-    from optuna.trial import TrialState
 
-    from ..core.data import get_spec, load_dataset
-    from ..core.device import resolve_device
-    from ..core.models import build_model
-    from ..training.loop import Interrupted, NonFiniteLoss, holdout, train
+    from ..core.data import get_spec
 
     if "dataset" in given:
         get_spec(given["dataset"])  # an unknown name is refused before a study is made for it
@@ -306,62 +309,15 @@ def run_sweep(
     before = len(study.trials)
     log(f"study {name} in {shown(storage_url)}: {before} trials so far; this worker runs {trials} more")
     log(f"searching {d['model']} on {d['dataset']}: {', '.join(d['space'])} ({d['epochs']} epochs per trial)")
-    ds = load_dataset(d["dataset"], data_dir)
-    tr, va = holdout(len(ds.train_images), d["val_split"], d["seed"])
-    x, y = ds.train_images[tr], ds.train_labels[tr]
-    val = (ds.train_images[va], ds.train_labels[va])
-    log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {d['seed']})")
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    data = trial_data(d, data_dir, log)
     counts = {"complete": 0, "pruned": 0, "fail": 0}  # TrialState names
-
-    def attempt(trial):
-        """Train one trial: (state, value, what to log)."""
-        params = suggest(trial, d["space"])
-        flags = searched_flags(d["model"], params)
-        model_config, config = configs(d, params, d["val_split"])
-        trial.set_user_attr("args", flags)
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("threads", torch.get_num_threads())
-        device = resolve_device(config.device)
-        torch.manual_seed(config.seed)  # as `densa train` does, so its val split reproduces the trial
-        model = build_model(replace(model_config, num_classes=len(ds.classes))).to(device)
-        t0 = time.perf_counter()
-        last = {}
-
-        def on_epoch(record):
-            last.update(record)
-            trial.report(record["val_acc"], record["epoch"])
-            trial.set_user_attr("time_s", round(time.perf_counter() - t0, 2))
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        try:
-            history = train(model, x, y, config, val=val, on_epoch=on_epoch, stop=interrupted.is_set)
-        except Interrupted:
-            return TrialState.FAIL, None, "interrupted (Ctrl-C)"
-        except optuna.TrialPruned:
-            return (
-                TrialState.PRUNED,
-                None,
-                f"pruned after epoch {last['epoch']} (val_acc {last['val_acc']:.4f})",
-            )
-        except NonFiniteLoss as e:
-            trial.set_user_attr("error", str(e))
-            return TrialState.FAIL, None, f"failed: {e}"
-        acc = history[-1]["val_acc"]
-        done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        best = max([(t.value, -t.number) for t in done] + [(acc, -trial.number)])  # ties: the earliest
-        said = (
-            f"val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s) · best: trial {-best[1]} {best[0]:.4f} · "
-            f"{shlex.join(flags)}"
-        )
-        return TrialState.COMPLETE, acc, said
+    interrupted = threading.Event()
+    attempt = partial(run_trial, study=study, d=d, data=data, stop=interrupted.is_set)
 
     # study.optimize's loop, written out: a trial that another worker marked FAIL under this one (this
     # worker was silent for 2 x the heartbeat: suspended, or its database unreachable) is one line here
     # Ctrl-C stops the trial between two steps (never inside a database call): it is told FAIL, then
     # the worker ends as `densa train` does
-    interrupted = threading.Event()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main_thread else None
     try:
@@ -371,6 +327,67 @@ def run_sweep(
             signal.signal(signal.SIGINT, previous)
     log(f"this worker: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")
     return counts
+
+
+def trial_data(d: dict, data_dir, log) -> tuple:
+    """(train images, train labels, (val images, val labels), classes) of the study's seeded val split."""
+    from ..core.data import load_dataset
+    from ..training.loop import holdout
+
+    ds = load_dataset(d["dataset"], data_dir)
+    tr, va = holdout(len(ds.train_images), d["val_split"], d["seed"])
+    log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {d['seed']})")
+    val = (ds.train_images[va], ds.train_labels[va])
+    return ds.train_images[tr], ds.train_labels[tr], val, ds.classes
+
+
+def run_trial(trial, study, d: dict, data: tuple, stop):
+    """Train one trial: (state, value, what to log)."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    from ..core.device import resolve_device
+    from ..core.models import build_model
+    from ..training.loop import Interrupted, NonFiniteLoss, train
+
+    x, y, val, classes = data
+    params = suggest(trial, d["space"])
+    flags = searched_flags(d["model"], params)
+    model_config, config = configs(d, params, d["val_split"])
+    trial.set_user_attr("args", flags)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("threads", torch.get_num_threads())
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # as `densa train` does, so its val split reproduces the trial
+    model = build_model(replace(model_config, num_classes=len(classes))).to(device)
+    t0 = time.perf_counter()
+    last = {}
+
+    def on_epoch(record):
+        last.update(record)
+        trial.report(record["val_acc"], record["epoch"])
+        trial.set_user_attr("time_s", round(time.perf_counter() - t0, 2))
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    try:
+        history = train(model, x, y, config, val=val, on_epoch=on_epoch, stop=stop)
+    except Interrupted:
+        return TrialState.FAIL, None, "interrupted (Ctrl-C)"
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None, f"pruned after epoch {last['epoch']} (val_acc {last['val_acc']:.4f})"
+    except NonFiniteLoss as e:
+        trial.set_user_attr("error", str(e))
+        return TrialState.FAIL, None, f"failed: {e}"
+    acc = history[-1]["val_acc"]
+    done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    best = max([(t.value, -t.number) for t in done] + [(acc, -trial.number)])  # ties: the earliest
+    said = (
+        f"val_acc {acc:.4f} ({time.perf_counter() - t0:.1f}s) · best: trial {-best[1]} {best[0]:.4f} · "
+        f"{shlex.join(flags)}"
+    )
+    return TrialState.COMPLETE, acc, said
 
 
 def _work(study, storage, beat, attempt, trials, timeout, interrupted, counts, log) -> None:

@@ -41,33 +41,12 @@ def cmd_train(args) -> int:
 def _train(args, lock) -> int:
     import torch
 
-    from ..core.config import PRESETS, resolve
     from ..training.distributed import launched
-    from ..training.job import open_resume, resume_configs, run_training
+    from ..training.job import run_training
     from ..training.loop import Interrupted
 
-    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
-    state = None
-    if args.resume:
-        from ..core.checkpoint import load_state
-
-        open_resume(Path(args.resume))
-        state = load_state(args.resume)
-        model_config, config, preset = resume_configs(Path(args.resume), state, given)
-        out = Path(args.resume)
-    else:
-        preset = given.pop("preset", "seed")
-        model_config, config = resolve(preset, **given)
-        out = args.out
-    assert preset in PRESETS
-    if args.report:  # fail before training, not after it
-        from ..apps.plots import require_matplotlib
-
-        require_matplotlib()
-    if args.tensorboard:
-        from ..apps.tensorboard_log import require_tensorboard
-
-        require_tensorboard()
+    model_config, config, preset, out, state = _train_configs(args)
+    _require_extras(args)  # fail before training, not after it
     ranks = None
     if launched():  # one of several processes started by torchrun (or by --nproc below)
         ranks = data_parallel(args, model_config, config, preset)
@@ -77,7 +56,8 @@ def _train(args, lock) -> int:
 
         check_nproc(args.nproc, resolve_device(config.device))
         return launch(args.nproc, args.argv)
-    if ranks is None or ranks.rank == 0:
+    lead = ranks is None or ranks.rank == 0
+    if lead:
         print(f"densa {__version__} · torch {torch.__version__}")
     try:
         r = run_training(
@@ -87,30 +67,72 @@ def _train(args, lock) -> int:
         if ranks is not None:
             ranks.barrier()
     except Interrupted as e:
-        if ranks is None or ranks.rank == 0:
-            again = ["densa", "train", "--resume", str(e.out)]
-            again += ["--data-dir", args.data_dir] if args.data_dir else []
-            again += ["--threads", str(args.threads)] if args.threads else []
-            again += ["--nproc", str(ranks.world)] if ranks is not None else []
-            newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
-            print(
-                f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
-                file=sys.stderr,
-            )
+        if lead:
+            _say_interrupted(args, e, ranks)
         return 130
     finally:
         if ranks is not None:
             ranks.close()
-    if ranks is None or ranks.rank == 0:
-        if args.tensorboard:
-            from ..apps.tensorboard_log import write_scalars
-
-            write_scalars(r["out"])
-        if args.report:
-            from ..apps.report import write_report
-
-            write_report(r["out"], data_dir=args.data_dir)
+    if lead:
+        _write_extras(args, r["out"])
     return 0
+
+
+def _train_configs(args):
+    """(model config, train config, preset, run folder, resume state) from the flags (and --resume)."""
+    from ..core.config import PRESETS, resolve
+
+    given = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
+    if args.resume:
+        from ..core.checkpoint import load_state
+        from ..training.job import open_resume, resume_configs
+
+        open_resume(Path(args.resume))
+        state = load_state(args.resume)
+        model_config, config, preset = resume_configs(Path(args.resume), state, given)
+        out = Path(args.resume)
+    else:
+        state = None
+        preset = given.pop("preset", "seed")
+        model_config, config = resolve(preset, **given)
+        out = args.out
+    assert preset in PRESETS
+    return model_config, config, preset, out, state
+
+
+def _require_extras(args) -> None:
+    if args.report:
+        from ..apps.plots import require_matplotlib
+
+        require_matplotlib()
+    if args.tensorboard:
+        from ..apps.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
+
+
+def _write_extras(args, out) -> None:
+    if args.tensorboard:
+        from ..apps.tensorboard_log import write_scalars
+
+        write_scalars(out)
+    if args.report:
+        from ..apps.report import write_report
+
+        write_report(out, data_dir=args.data_dir)
+
+
+def _say_interrupted(args, e, ranks) -> None:
+    """The one line an interrupted run ends with: where its checkpoint is and the command to resume."""
+    again = ["densa", "train", "--resume", str(e.out)]
+    again += ["--data-dir", args.data_dir] if args.data_dir else []
+    again += ["--threads", str(args.threads)] if args.threads else []
+    again += ["--nproc", str(ranks.world)] if ranks is not None else []
+    newline = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
+    print(
+        f"{newline}densa: {e}; saved {e.out}/checkpoint.pt; resume with: {shlex.join(again)}",
+        file=sys.stderr,
+    )
 
 
 def data_parallel(args, model_config, config, preset):

@@ -12,7 +12,21 @@ import sys
 import textwrap
 
 from .._version import __version__
-from ..core.config import ModelConfig, SweepConfig, TrainConfig, field_names
+from ..core.config import (
+    FRACTION,
+    MODEL_RULES,
+    NONNEG,
+    NONNEG_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    TRAIN_RULES,
+    ModelConfig,
+    Rule,
+    SweepConfig,
+    TrainConfig,
+    field_names,
+)
 from ..core.errors import DensaError
 from . import commands
 
@@ -20,10 +34,30 @@ MODEL_FIELDS = field_names(ModelConfig)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line."""
+    """argparse, with usage errors on one line, and each flag's value checked by its rule after parsing.
+
+    Types only parse (int, float, comma lists); what a value may be is a config Rule (core.config), the
+    same one the dataclasses apply when they are built, so a bad flag is refused before anything runs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rules: dict[str, tuple[str, Rule, str]] = {}  # dest -> (flag, rule, complaint)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def check(self, flag: str, rule: Rule, complaint: str = "expected {what}, got {got!r}") -> None:
+        """After parsing, the value of `flag` (when given) must pass `rule`; else `complaint` is the error."""
+        self.rules[flag[2:].replace("-", "_")] = (flag, rule, complaint)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for dest, (flag, rule, complaint) in self.rules.items():
+            value = getattr(namespace, dest, None)
+            if value is not None and not rule.test(value):
+                self.error(f"argument {flag}: " + complaint.format(what=rule.what, got=as_typed(value)))
+        return namespace, extras
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -35,29 +69,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-# --------------------------------------------------------------------------- value parsers
+# --------------------------------------------------------------------------- value parsers (syntax only)
 
 
-def _number(kind, test, what):
+def parses(kind, what: str):
+    """A type= function: `kind(s)` (int or float), or a usage error saying `what` the flag takes."""
+
     def parse(s: str):
         try:
-            v = kind(s)
+            return kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
-        if not test(v):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
-        return v
 
     parse.__name__ = what
     return parse
 
 
-positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
-nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1), e.g. 0.1")
+def as_typed(value) -> str:
+    """A parsed value as it would be typed: 1.0 -> '1', (512, 256) -> '512,256'."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def int_list(s: str) -> tuple[int, ...]:
@@ -65,21 +99,35 @@ def int_list(s: str) -> tuple[int, ...]:
     if s.strip().lower() in ("", "none"):
         return ()
     try:
-        sizes = tuple(int(p) for p in s.split(","))
+        return tuple(int(p) for p in s.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated layer widths like 512,256, got {s!r}"
         ) from None
-    if any(v < 1 for v in sizes):
-        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {s!r}")
-    return sizes
 
 
 def channel_list(s: str) -> tuple[int, ...]:
-    sizes = int_list(s)
-    if not sizes:
-        raise argparse.ArgumentTypeError(f"expected comma-separated conv widths like 32,64, got {s!r}")
-    return sizes
+    """'32,64' -> (32, 64); there is no 'none' for conv widths."""
+    try:
+        return tuple(int(p) for p in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated conv widths like 32,64, got {s!r}"
+        ) from None
+
+
+# what the flags that are not config fields may be (config fields: the config's own rules)
+FLAG_TYPES = {
+    rule: parses(kind, rule.what)
+    for rule, kind in ((POSITIVE_INT, int), (NONNEG_INT, int), (POSITIVE, float), (NONNEG, float))
+    + ((PROBABILITY, float), (FRACTION, float))
+}
+
+
+def number_arg(p: Parser, flag: str, rule: Rule, **kw) -> None:
+    """An int or float flag whose value must pass `rule` (checked after parsing)."""
+    p.add_argument(flag, type=FLAG_TYPES[rule], **kw)
+    p.check(flag, rule)
 
 
 # --------------------------------------------------------------------------- the parser
@@ -103,45 +151,53 @@ def presets_help() -> str:
     return "\n".join(lines)
 
 
-def settings_adder(p, mdef, tdef):
-    """A config field's flag: absent unless given (so a preset can fill it); help shows the default."""
+def settings_adder(p: Parser):
+    """A config field's flag: absent unless given (so a preset can fill it); help shows the default.
 
-    def add(flag, default=None, help="", **kw):
+    Its value is checked by the field's rule in MODEL_RULES / TRAIN_RULES (or `rule`, where the CLI
+    asks for more, as --val-split does: 0 would mean no split)."""
+    mdef, tdef = ModelConfig(), TrainConfig()
+
+    def add(flag, default=None, help="", rule=None, complaint=None, **kw):
         dest = flag[2:].replace("-", "_")
         if default is None:
             value = getattr(mdef, dest) if dest in MODEL_FIELDS else getattr(tdef, dest)
             default = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        rule = rule or MODEL_RULES.get(dest) or TRAIN_RULES.get(dest)
+        if rule in FLAG_TYPES and "type" not in kw:
+            kw["type"] = FLAG_TYPES[rule]
         p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {default})", **kw)
+        if rule is not None and "choices" not in kw and kw.get("action") is None:
+            p.check(flag, rule, *([complaint] if complaint else []))
 
     return add
 
 
-def build_parser() -> Parser:
-    from ..core.config import ACTIVATIONS, DEVICES, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
-
-    mdef, tdef = ModelConfig(), TrainConfig()
-    parser = Parser(
-        prog="densa", description="Train, understand and use dense neural networks on MNIST-family data."
+def data_dir_arg(p: Parser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding <dataset>/ subfolders (else $DENSA_DATA_DIR, "
+        "the user cache, /usr/share/datasets, then download)",
     )
-    parser.add_argument("--version", action="version", version=f"densa {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def data_dir_arg(p):
-        p.add_argument(
-            "--data-dir",
-            metavar="DIR",
-            help="folder holding <dataset>/ subfolders (else $DENSA_DATA_DIR, "
-            "the user cache, /usr/share/datasets, then download)",
-        )
 
-    def split_args(p):
-        p.add_argument(
-            "--dataset",
-            default=None,
-            help="evaluate on this dataset (default: the one the model was trained on); "
-            "it must have as many classes as the model",
-        )
-        p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
+def split_args(p: Parser) -> None:
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="evaluate on this dataset (default: the one the model was trained on); "
+        "it must have as many classes as the model",
+    )
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
+
+
+def threads_arg(p: Parser, default=None, help="CPU threads (default: torch's choice)", **kw) -> None:
+    number_arg(p, "--threads", POSITIVE_INT, default=default, help=help, **kw)
+
+
+def add_train(sub) -> None:
+    from ..core.config import PRESETS
 
     p = sub.add_parser(
         "train",
@@ -150,43 +206,63 @@ def build_parser() -> Parser:
         description="Train a network; with no flags, the seed tutorial's recipe (784-512-10 MLP, "
         "Adam 1e-3, batch 128, 5 epochs).\n\n" + presets_help(),
     )
-    setting = settings_adder(p, mdef, tdef)
+    setting = settings_adder(p)
     setting("--preset", choices=list(PRESETS), default="seed", help="named set of defaults (see above)")
     setting("--dataset", help="dataset name")
     data_dir_arg(p)
+    model_settings(setting)
+    train_settings(setting)
+    train_job_args(p)
+    p.set_defaults(func=commands.cmd_train)
+
+
+def model_settings(setting) -> None:
+    from ..core.config import ACTIVATIONS, MODELS
+
     setting("--model", choices=list(MODELS), help="architecture")
     setting(
         "--hidden",
         type=int_list,
         metavar="W[,W...]",
         help="hidden layer widths, e.g. 512,256 ('none' for a linear model; cnn: the head after the convs)",
+        complaint="layer widths must be positive (expected {what}), got {got!r}",
     )
-    setting("--channels", type=channel_list, metavar="C[,C...]", help="cnn: conv widths, one block each")
-    setting("--activation", choices=list(ACTIVATIONS), help="hidden activation")
-    setting("--dropout", type=probability, metavar="P", help="dropout after each dense hidden layer")
-    setting("--epochs", type=positive_int, help="passes over the training set")
-    setting("--batch-size", type=positive_int, help="images per step")
-    setting("--lr", type=positive_float, help="(peak) learning rate")
-    setting("--optimizer", choices=list(OPTIMIZERS), help="optimiser")
-    setting("--momentum", type=nonneg_float, metavar="M", help="sgd momentum")
-    setting("--nesterov", action=argparse.BooleanOptionalAction, help="sgd: Nesterov momentum")
     setting(
-        "--weight-decay",
-        type=nonneg_float,
-        metavar="W",
-        help="L2 (adam, sgd) or decoupled (adamw) weight decay",
+        "--channels",
+        type=channel_list,
+        metavar="C[,C...]",
+        help="cnn: conv widths, one block each",
+        complaint="conv widths must be positive (expected {what}), got {got!r}",
     )
+    setting("--activation", choices=list(ACTIVATIONS), help="hidden activation")
+    setting("--dropout", metavar="P", help="dropout after each dense hidden layer")
+
+
+def train_settings(setting) -> None:
+    from ..core.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+
+    setting("--epochs", help="passes over the training set")
+    setting("--batch-size", help="images per step")
+    setting("--lr", help="(peak) learning rate")
+    setting("--optimizer", choices=list(OPTIMIZERS), help="optimiser")
+    setting("--momentum", metavar="M", help="sgd momentum")
+    setting("--nesterov", action=argparse.BooleanOptionalAction, help="sgd: Nesterov momentum")
+    setting("--weight-decay", metavar="W", help="L2 (adam, sgd) or decoupled (adamw) weight decay")
     setting("--schedule", choices=list(SCHEDULES), help="LR schedule after the warm-up")
-    setting("--warmup", type=probability, metavar="F", help="fraction of all steps spent ramping the LR up")
-    setting("--label-smoothing", type=probability, metavar="E", help="label smoothing of the cross-entropy")
-    setting("--shift", type=nonneg_int, metavar="PX", help="augment: random shifts of up to +-PX pixels")
+    setting("--warmup", metavar="F", help="fraction of all steps spent ramping the LR up")
+    setting("--label-smoothing", metavar="E", help="label smoothing of the cross-entropy")
+    setting("--shift", metavar="PX", help="augment: random shifts of up to +-PX pixels")
     setting("--flip", action=argparse.BooleanOptionalAction, help="augment: random left-right mirroring")
-    setting("--val-split", type=fraction, metavar="F", help="hold out this fraction of train for validation")
-    setting("--early-stop", type=nonneg_int, metavar="N", help="stop after N epochs without a lower val loss")
+    setting("--val-split", rule=FRACTION, metavar="F", help="hold out this fraction of train for validation")
+    setting("--early-stop", metavar="N", help="stop after N epochs without a lower val loss")
     setting("--precision", choices=list(PRECISIONS), help="fp32, bf16 autocast, or bf16 only where fast")
     setting("--device", choices=list(DEVICES), help="where to train")
-    setting("--seed", type=nonneg_int, help="seed for weight init, shuffling, augmentation, val split")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    setting("--seed", help="seed for weight init, shuffling, augmentation, val split")
+
+
+def train_job_args(p: Parser) -> None:
+    """`densa train`'s flags that are not config fields: threads, the run folder, extras, processes."""
+    threads_arg(p)
     p.add_argument(
         "--out", metavar="DIR", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)"
     )
@@ -203,15 +279,15 @@ def build_parser() -> Parser:
     p.add_argument(
         "--resume", metavar="RUN", default=None, help="continue an interrupted run from its checkpoint.pt"
     )
-    p.add_argument(
-        "--nproc", type=positive_int, default=None, metavar="K",
+    number_arg(
+        p, "--nproc", POSITIVE_INT, default=None, metavar="K",
         help="train data-parallel in K processes on this machine, as `torchrun --standalone "
         "--nproc-per-node=K -m densa train ...` would (gloo on CPU, nccl on CUDA; --batch-size is the "
         "global batch, split between them) (default: 1)",
     )  # fmt: skip
-    p.set_defaults(func=commands.cmd_train)
 
-    sdef = SweepConfig()
+
+def add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
         help="search hyper-parameters with Optuna (many workers may share one study)",
@@ -221,10 +297,8 @@ def build_parser() -> Parser:
         "epoch.\nThe study lives in an SQLite file in the sweep folder, or in the database given with "
         "--storage,\nwhich workers on many machines can share. Needs: pip install 'densa[sweep]'.",
     )
-    p.add_argument(
-        "--trials", type=positive_int, metavar="N", help="trials this worker runs (each its own N)"
-    )
-    p.add_argument("--timeout", type=positive_float, metavar="S", help="start no new trial after S seconds")
+    number_arg(p, "--trials", POSITIVE_INT, metavar="N", help="trials this worker runs (each its own N)")
+    number_arg(p, "--timeout", POSITIVE, metavar="S", help="start no new trial after S seconds")
     p.add_argument("--study", metavar="NAME", help="study name (default: <dataset>-<model>)")
     p.add_argument(
         "--storage", metavar="URL", help="SQLAlchemy URL of the study's database, e.g. "
@@ -233,51 +307,59 @@ def build_parser() -> Parser:
     p.add_argument(
         "--out", metavar="DIR", help="sweep folder, for the default storage (default: sweeps/<study>)"
     )
+    sweep_study_args(p)
+    threads_arg(p, metavar="N")
+    data_dir_arg(p)
+    p.add_argument(
+        "--show", action="store_true", help="print the leaderboard and the best trial's command (only reads)"
+    )
+    number_arg(p, "--top", POSITIVE_INT, default=10, metavar="N", help="--show: trials listed (default: 10)")
+    p.set_defaults(func=commands.cmd_sweep)
+
+
+def sweep_study_args(p: Parser) -> None:
+    """The SweepConfig fields: fixed for the whole study."""
+    from ..core.config import MODELS, PRECISIONS, PRUNERS
+
+    sdef = SweepConfig()
     fixed = "{} (the same for the whole study; default: {})".format
     p.add_argument("--dataset", default=argparse.SUPPRESS, help=fixed("dataset name", sdef.dataset))
     p.add_argument(
         "--model", choices=list(MODELS), default=argparse.SUPPRESS,
         help=fixed("search space and base preset", sdef.model),
     )  # fmt: skip
-    p.add_argument(
-        "--epochs", type=positive_int, metavar="E", default=argparse.SUPPRESS,
+    number_arg(
+        p, "--epochs", POSITIVE_INT, metavar="E", default=argparse.SUPPRESS,
         help=fixed("epochs per trial", "the preset's"),
     )  # fmt: skip
-    p.add_argument(
-        "--val-split", type=fraction, metavar="F", default=argparse.SUPPRESS,
+    number_arg(
+        p, "--val-split", FRACTION, metavar="F", default=argparse.SUPPRESS,
         help=fixed("held-out fraction of train whose accuracy is maximised", sdef.val_split),
     )  # fmt: skip
-    p.add_argument(
-        "--seed", type=nonneg_int, default=argparse.SUPPRESS, help=fixed("every trial's seed", sdef.seed)
+    number_arg(
+        p, "--seed", NONNEG_INT, default=argparse.SUPPRESS, help=fixed("every trial's seed", sdef.seed)
     )
     p.add_argument(
         "--precision", choices=list(PRECISIONS), default=argparse.SUPPRESS,
         help=fixed("precision", sdef.precision),
     )  # fmt: skip
     p.add_argument(
-        "--pruner", choices=["median", "halving", "none"], default=sdef.pruner,
+        "--pruner", choices=list(PRUNERS), default=sdef.pruner,
         help=f"stops weak trials after an epoch (default: {sdef.pruner})",
     )  # fmt: skip
-    p.add_argument(
-        "--startup-trials", type=nonneg_int, metavar="N", default=sdef.startup_trials,
+    number_arg(
+        p, "--startup-trials", NONNEG_INT, metavar="N", default=sdef.startup_trials,
         help=f"median: complete trials before any is pruned (default: {sdef.startup_trials})",
     )  # fmt: skip
-    p.add_argument(
-        "--heartbeat", type=positive_int, metavar="S", default=argparse.SUPPRESS,
+    number_arg(
+        p, "--heartbeat", POSITIVE_INT, metavar="S", default=argparse.SUPPRESS,
         help="seconds between a running trial's heartbeats; a trial silent for twice this is marked FAIL "
         "by the next worker (fixed when the study is created: a worker given another value is refused; "
         f"default: {sdef.heartbeat})",
     )  # fmt: skip
-    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's choice)")
-    data_dir_arg(p)
-    p.add_argument(
-        "--show", action="store_true", help="print the leaderboard and the best trial's command (only reads)"
-    )
-    p.add_argument(
-        "--top", type=positive_int, default=10, metavar="N", help="--show: trials listed (default: 10)"
-    )
-    p.set_defaults(func=commands.cmd_sweep)
 
+
+def add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="loss, accuracy, per-class metrics and confusion matrix of a trained model",
@@ -289,6 +371,8 @@ def build_parser() -> Parser:
     data_dir_arg(p)
     p.set_defaults(func=commands.cmd_evaluate)
 
+
+def add_report(sub) -> None:
     p = sub.add_parser(
         "report",
         help="figures and a self-contained HTML report of a run (extra: report)",
@@ -303,6 +387,8 @@ def build_parser() -> Parser:
     data_dir_arg(p)
     p.set_defaults(func=commands.cmd_report)
 
+
+def add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="classify image files (or look at one test image)",
@@ -313,18 +399,18 @@ def build_parser() -> Parser:
     )
     p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG/BMP/GIF/WebP files or folders")
-    p.add_argument(
-        "--test-index", type=nonneg_int, default=None, metavar="I", help="index into the test split"
-    )
-    p.add_argument("--top-k", type=positive_int, default=3, metavar="K", help="classes listed per image")
+    number_arg(p, "--test-index", NONNEG_INT, default=None, metavar="I", help="index into the test split")
+    number_arg(p, "--top-k", POSITIVE_INT, default=3, metavar="K", help="classes listed per image")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument(
         "--save-input", metavar="DIR", help="write the 28x28 each image became (what the model saw) as PNG"
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    threads_arg(p)
     data_dir_arg(p)
     p.set_defaults(func=commands.cmd_predict)
 
+
+def add_export(sub) -> None:
     p = sub.add_parser(
         "export",
         help="export a trained model to ONNX, checked against torch",
@@ -338,6 +424,8 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     p.set_defaults(func=commands.cmd_export)
 
+
+def add_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
         help="a web page to draw digits on, and a JSON API",
@@ -347,9 +435,9 @@ def build_parser() -> Parser:
     )
     p.add_argument("run", metavar="RUN", help="run folder, .safetensors or exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 opens it to your network)")
-    p.add_argument("--port", type=nonneg_int, default=8000, help="TCP port")
-    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per inference")
-    p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
+    number_arg(p, "--port", NONNEG_INT, default=8000, help="TCP port")
+    threads_arg(p, default=1, help="CPU threads per inference")
+    number_arg(p, "--workers", POSITIVE_INT, default=1, help="server processes (each loads the model)")
     p.add_argument(
         "--allow-host",
         action="append",
@@ -360,6 +448,8 @@ def build_parser() -> Parser:
     )
     p.set_defaults(func=commands.cmd_serve)
 
+
+def add_data(sub) -> None:
     p = sub.add_parser(
         "data", help="where dataset files are, verify them, download them", formatter_class=HelpFormatter
     )
@@ -367,6 +457,19 @@ def build_parser() -> Parser:
     p.add_argument("--dataset", default="mnist", help="dataset name, or 'all'")
     data_dir_arg(p)
     p.set_defaults(func=commands.cmd_data)
+
+
+SUBCOMMANDS = (add_train, add_sweep, add_evaluate, add_report, add_predict, add_export, add_serve, add_data)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="densa", description="Train, understand and use dense neural networks on MNIST-family data."
+    )
+    parser.add_argument("--version", action="version", version=f"densa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

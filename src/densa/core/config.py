@@ -8,6 +8,7 @@ overrides on top of the dataclass defaults; explicit flags override the preset (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from .errors import DensaError
@@ -20,58 +21,6 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    model: str = "mlp"  # architecture: mlp | cnn
-    hidden: tuple[int, ...] = (512,)  # dense hidden widths (mlp: all layers; cnn: the head after the convs)
-    activation: str = "relu"  # relu | gelu | silu | tanh
-    dropout: float = 0.0  # probability in [0, 1), after each dense hidden activation; 0 = none
-    channels: tuple[int, ...] = (32, 64)  # cnn only: conv widths, one block (conv-BN-act-pool) each
-    in_features: int = 784  # 28 x 28 pixels
-    num_classes: int = 10
-    normalize: tuple[float, float] | None = None  # (mean, std) applied inside the model; None = x/255 only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> ModelConfig:
-        """The config a file describes, each field checked (type, range, size) before anything is built.
-
-        Missing fields take their defaults and unknown ones are ignored; a bad one raises FieldError."""
-        if not isinstance(d, dict):
-            raise FieldError("", "a JSON object of model settings", d)
-        get = lambda k: d.get(k, getattr(cls, k))  # noqa: E731
-        model, activation = get("model"), get("activation")
-        if model not in MODELS:
-            raise FieldError("model", f"one of {', '.join(MODELS)}", model)
-        hidden = _ints(get("hidden"), "hidden", 0, MAX_LAYERS, MAX_WIDTH)
-        channels = _ints(get("channels"), "channels", 1, MAX_CONV_BLOCKS, MAX_CHANNELS)
-        if activation not in ACTIVATIONS:
-            raise FieldError("activation", f"one of {', '.join(ACTIVATIONS)}", activation)
-        dropout = get("dropout")
-        if not (is_number(dropout) and 0 <= dropout < 1):
-            raise FieldError("dropout", "a number in [0, 1)", dropout)
-        if get("in_features") != 784 or not is_int(get("in_features")):
-            raise FieldError("in_features", "784 (28 x 28 pixels)", get("in_features"))
-        num_classes = get("num_classes")
-        if not (is_int(num_classes) and MIN_CLASSES <= num_classes <= MAX_CLASSES):
-            raise FieldError("num_classes", f"an int in {MIN_CLASSES}..{MAX_CLASSES}", num_classes)
-        normalize = get("normalize")
-        if normalize is not None:
-            ok = (
-                isinstance(normalize, (list, tuple))
-                and len(normalize) == 2
-                and all(map(is_number, normalize))
-            )
-            if not (ok and abs(normalize[0]) <= 1e3 and 1e-6 <= normalize[1] <= 1e3):
-                raise FieldError(
-                    "normalize", "null or [mean, std]: finite numbers with 0 < std <= 1000", normalize
-                )
-            normalize = (float(normalize[0]), float(normalize[1]))
-        return cls(model, hidden, activation, float(dropout), channels, 784, num_classes, normalize)
-
-
 # Limits on what a file may describe: checked on its metadata before any tensor is allocated.
 MAX_LAYERS = 16  # dense hidden layers
 MAX_WIDTH = 65536  # units in one dense hidden layer
@@ -81,7 +30,7 @@ MIN_CLASSES, MAX_CLASSES = 2, 1000
 
 
 class FieldError(DensaError):
-    """A setting read from a file is not what densa writes: `field` must be `what`, got `value`."""
+    """A setting is not what densa accepts: `field` must be `what`, got `value`."""
 
     def __init__(self, field: str, what: str, value):
         self.field, self.what, self.value = field, what, value
@@ -101,11 +50,129 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _ints(v, field: str, least: int, most: int, top: int) -> tuple[int, ...]:
-    ok = isinstance(v, (list, tuple)) and least <= len(v) <= most
-    if not (ok and all(is_int(x) and 1 <= x <= top for x in v)):
-        raise FieldError(field, f"a list of {least}..{most} positive ints <= {top}", v)
-    return tuple(v)
+@dataclass(frozen=True)
+class Rule:
+    """What one setting must be: `test(value)` holds; said as "<field> must be <what>"."""
+
+    what: str
+    test: Callable[[object], bool]
+
+    def check(self, field: str, value) -> None:
+        if not self.test(value):
+            raise FieldError(field, self.what, value)
+
+
+def one_of(names) -> Rule:
+    return Rule(f"one of {', '.join(names)}", lambda v: isinstance(v, str) and v in names)
+
+
+def int_list(least: int, most: int, top: int) -> Rule:
+    def test(v) -> bool:
+        ok = isinstance(v, (list, tuple)) and least <= len(v) <= most
+        return ok and all(is_int(x) and 1 <= x <= top for x in v)
+
+    return Rule(f"a list of {least}..{most} positive ints <= {top}", test)
+
+
+# the vocabulary of the rules below; the CLI checks its other flags with the same ones
+POSITIVE_INT = Rule("a positive integer", lambda v: is_int(v) and v >= 1)
+NONNEG_INT = Rule("an integer >= 0", lambda v: is_int(v) and v >= 0)
+POSITIVE = Rule("a positive number", lambda v: is_number(v) and v > 0)
+NONNEG = Rule("a number >= 0", lambda v: is_number(v) and v >= 0)
+PROBABILITY = Rule("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1)
+FRACTION = Rule("a fraction in (0, 1), e.g. 0.1", lambda v: is_number(v) and 0 < v < 1)
+BOOL = Rule("true or false", lambda v: isinstance(v, bool))
+NAME = Rule("a name of 1..100 characters", lambda v: isinstance(v, str) and 0 < len(v) <= 100)
+
+
+def _normalize_ok(v) -> bool:
+    if v is None:
+        return True
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_number, v))
+    return ok and abs(v[0]) <= 1e3 and 1e-6 <= v[1] <= 1e3
+
+
+MODEL_RULES = {
+    # MODELS read when checking, not when this table is built: a test adds a model name for a while
+    "model": Rule(one_of(MODELS).what, lambda v: isinstance(v, str) and v in MODELS),
+    "hidden": int_list(0, MAX_LAYERS, MAX_WIDTH),
+    "activation": one_of(ACTIVATIONS),
+    "dropout": PROBABILITY,
+    "channels": int_list(1, MAX_CONV_BLOCKS, MAX_CHANNELS),
+    "in_features": Rule("784 (28 x 28 pixels)", lambda v: is_int(v) and v == 784),
+    "num_classes": Rule(
+        f"an int in {MIN_CLASSES}..{MAX_CLASSES}", lambda v: is_int(v) and MIN_CLASSES <= v <= MAX_CLASSES
+    ),
+    "normalize": Rule("null or [mean, std]: finite numbers with 0 < std <= 1000", _normalize_ok),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "mlp"  # architecture: mlp | cnn
+    hidden: tuple[int, ...] = (512,)  # dense hidden widths (mlp: all layers; cnn: the head after the convs)
+    activation: str = "relu"  # relu | gelu | silu | tanh
+    dropout: float = 0.0  # probability in [0, 1), after each dense hidden activation; 0 = none
+    channels: tuple[int, ...] = (32, 64)  # cnn only: conv widths, one block (conv-BN-act-pool) each
+    in_features: int = 784  # 28 x 28 pixels
+    num_classes: int = 10
+    normalize: tuple[float, float] | None = None  # (mean, std) applied inside the model; None = x/255 only
+
+    def __post_init__(self):
+        """Each field checked (type, range, size) against MODEL_RULES; lists become tuples."""
+        for name, rule in MODEL_RULES.items():
+            rule.check(name, getattr(self, name))
+        normalize = None if self.normalize is None else tuple(map(float, self.normalize))
+        tidy = {"hidden": tuple(self.hidden), "channels": tuple(self.channels), "normalize": normalize}
+        for name, value in {**tidy, "dropout": float(self.dropout)}.items():
+            object.__setattr__(self, name, value)  # frozen: the one place a field is set after init
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> ModelConfig:
+        """The config a file describes, each field checked (type, range, size) before anything is built.
+
+        Missing fields take their defaults and unknown ones are ignored; a bad one raises FieldError."""
+        if not isinstance(d, dict):
+            raise FieldError("", "a JSON object of model settings", d)
+        return cls(**{k: v for k, v in d.items() if k in MODEL_RULES})
+
+
+def _typed(name: str, value, default) -> None:
+    """A setting read from a file must have its default's type (FieldError otherwise)."""
+    if isinstance(default, (bool, str)):
+        ok = type(value) is type(default) and len(str(value)) <= 100
+    elif isinstance(default, int):
+        ok = is_int(value) and abs(value) <= 2**62
+    else:
+        ok = is_number(value)
+    if not ok:
+        kinds = {bool: "true or false", str: "a string", int: "an int", float: "a finite number"}
+        raise FieldError(name, kinds[type(default)], value)
+
+
+TRAIN_RULES = {
+    "dataset": NAME,
+    "epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "lr": POSITIVE,
+    "seed": NONNEG_INT,
+    "optimizer": one_of(OPTIMIZERS),
+    "momentum": NONNEG,
+    "nesterov": BOOL,
+    "weight_decay": NONNEG,
+    "schedule": one_of(SCHEDULES),
+    "warmup": PROBABILITY,
+    "label_smoothing": PROBABILITY,
+    "shift": NONNEG_INT,
+    "flip": BOOL,
+    "val_split": Rule("a fraction in [0, 1) (0 = none)", PROBABILITY.test),
+    "early_stop": NONNEG_INT,
+    "precision": one_of(PRECISIONS),
+    "device": one_of(DEVICES),
+}
 
 
 @dataclass(frozen=True)
@@ -129,53 +196,33 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 only where it is fast, else fp32)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
 
+    def __post_init__(self):
+        """Each field checked against TRAIN_RULES (FieldError), then the rules between fields."""
+        for name, rule in TRAIN_RULES.items():
+            rule.check(name, getattr(self, name))
+        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
+            raise DensaError("Nesterov needs --optimizer sgd with a --momentum above 0")
+
+    def check(self) -> None:
+        """Nothing to do: a TrainConfig checks itself when it is built (kept for older callers)."""
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d) -> TrainConfig:
-        """The config a file describes; each field must have its default's type (FieldError otherwise)."""
+    def typed(cls, d) -> dict:
+        """The fields a file gives (unknown ones dropped), each of its default's type (FieldError)."""
         if not isinstance(d, dict):
             raise FieldError("", "a JSON object of training settings", d)
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known = {k: v for k, v in d.items() if k in TRAIN_RULES}
         for k, v in known.items():
-            default = getattr(cls, k)
-            if isinstance(default, (bool, str)):
-                ok = type(v) is type(default) and len(str(v)) <= 100
-            elif isinstance(default, int):
-                ok = is_int(v) and abs(v) <= 2**62
-            else:
-                ok = is_number(v)
-            if not ok:
-                kinds = {bool: "true or false", str: "a string", int: "an int", float: "a finite number"}
-                raise FieldError(k, kinds[type(default)], v)
-        return cls(**known)
+            _typed(k, v, getattr(cls, k))
+        return known
 
-    def check(self) -> None:
-        if self.epochs < 1:
-            raise DensaError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise DensaError(f"batch size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise DensaError(f"learning rate must be positive, got {self.lr}")
-        for name, value, allowed in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("precision", self.precision, PRECISIONS),
-            ("device", self.device, DEVICES),
-        ):
-            if value not in allowed:
-                raise DensaError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-        if not 0 <= self.warmup < 1:
-            raise DensaError(f"warm-up must be a fraction in [0, 1), got {self.warmup}")
-        if not 0 <= self.label_smoothing < 1:
-            raise DensaError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.val_split < 1:
-            raise DensaError(f"val split must be a fraction in (0, 1), got {self.val_split}")
-        if self.weight_decay < 0 or self.shift < 0 or self.early_stop < 0 or self.momentum < 0:
-            raise DensaError("weight decay, shift, early stop and momentum must not be negative")
-        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
-            raise DensaError("Nesterov needs --optimizer sgd with a --momentum above 0")
+    @classmethod
+    def from_dict(cls, d) -> TrainConfig:
+        """The config a file describes: types checked by `typed`, values by the constructor."""
+        return cls(**cls.typed(d))
 
 
 # The tutorial's recipe is the dataclass defaults; the others were chosen with --val-split 0.1 only
@@ -263,3 +310,21 @@ class SweepConfig:
     pruner: str = "median"  # median | halving | none
     startup_trials: int = 5  # median pruner: trials that must complete before any is pruned
     heartbeat: int = 60  # seconds between a running trial's heartbeats; silent for 2x this = FAIL
+
+    def __post_init__(self):
+        for name, rule in SWEEP_RULES.items():
+            rule.check(name, getattr(self, name))
+
+
+PRUNERS = ("median", "halving", "none")
+SWEEP_RULES = {
+    "dataset": NAME,
+    "model": one_of(MODELS),
+    "epochs": Rule("an integer >= 0 (0 = the preset's)", NONNEG_INT.test),
+    "val_split": FRACTION,
+    "seed": NONNEG_INT,
+    "precision": one_of(PRECISIONS),
+    "pruner": one_of(PRUNERS),
+    "startup_trials": NONNEG_INT,
+    "heartbeat": POSITIVE_INT,
+}

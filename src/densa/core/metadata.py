@@ -123,9 +123,9 @@ def check_state(state, file) -> tuple[ModelConfig, TrainConfig]:
     if not isinstance(state, dict):
         raise refuse(file, "state", "a dict of the training loop's state", shown=type(state).__name__)
     model_config = field(file, "model_config", ModelConfig.from_dict, state.get("model_config"))
-    config = field(file, "train_config", TrainConfig.from_dict, state.get("train_config"))
+    values = field(file, "train_config", TrainConfig.typed, state.get("train_config"))
     try:
-        config.check()
+        config = TrainConfig(**values)  # each value of the right type; now the values themselves
     except DensaError as e:
         raise MetadataError(
             f"{file}: metadata field train_config is invalid ({e}); the file is damaged"
