@@ -6,6 +6,7 @@ the same through torch.distributed.run) starts K copies of `densa train`. Each j
 and trains a DistributedDataParallel replica. Gradients are averaged over all images of the global batch,
 so the replicas stay identical and follow the steps of one process with the same --batch-size. Only
 rank 0 prints and writes the run folder; evaluation is sharded and summed, so every image counts once.
+One process is a LocalGroup, a group of one whose collectives are identities: the loop has one path.
 """
 
 from __future__ import annotations

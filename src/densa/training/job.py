@@ -216,8 +216,6 @@ class Run:
 
     def write_epoch(self, record: dict) -> None:
         """metrics.jsonl with every epoch so far; model.safetensors when this epoch is the best (or last)."""
-        from ..core.data import write_atomic
-
         self.log(epoch_line(record))
         self.history.append(record)
         lines = [json.dumps({k: v for k, v in r.items() if k != "time"}) + "\n" for r in self.history]
