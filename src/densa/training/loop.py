@@ -132,9 +132,12 @@ class LoopState:
         self.stopped = bool(patience) and self.bad_epochs >= patience
 
 
-def check_early_stop(config: TrainConfig, has_val: bool) -> None:
+def check_early_stop(
+    config: TrainConfig, has_val: bool, remedy: str = "--val-split F (e.g. 0.1) or pass val="
+) -> None:
+    """Early stopping watches the val loss: without val images there is nothing to watch."""
     if config.early_stop and not has_val:
-        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1) or pass val=")
+        raise DensaError(f"early stopping watches the val loss; add {remedy}")
 
 
 @dataclass
