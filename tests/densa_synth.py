@@ -14,8 +14,11 @@ A test-only hook lets a test stop the training loop at an exact step instead of 
   DENSA_TEST_KILL_AT_RENAME=N  SIGKILL itself at the Nth atomic rename of a run file, its temp file
                           written: a crash in the middle of saving (each epoch writes metrics.jsonl,
                           model.safetensors, checkpoint.pt in that order).
+  DENSA_DIST_DIGESTS      a folder: each data-parallel rank appends "EPOCH SHA256" of its weights to
+                          rankR.txt after every epoch, just before the ranks compare their weights.
 """
 
+import hashlib
 import os
 import signal
 import sys
@@ -75,6 +78,28 @@ def install_hook() -> None:
             return replace(src, dst)
 
         os.replace = killing_replace
+
+    digests = os.environ.get("DENSA_DIST_DIGESTS")
+    if digests:
+        record_digests(Path(digests))
+
+
+def record_digests(folder: Path) -> None:
+    """Wrap Group.check_weights: each rank writes its own digest, then the ranks compare theirs."""
+    import importlib
+
+    group = importlib.import_module("densa.training.distributed").Group
+    check_weights = group.check_weights
+
+    def recording(self, model, epoch):
+        h = hashlib.sha256()  # over the parameters in model order
+        for p in model.parameters():
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        with open(folder / f"rank{self.rank}.txt", "a") as fh:
+            fh.write(f"{epoch} {h.hexdigest()}\n")
+        check_weights(self, model, epoch)
+
+    group.check_weights = recording
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the same through torch.distributed.run) starts K copies of `densa train`. Each j
 and trains a DistributedDataParallel replica. Gradients are averaged over all images of the global batch,
 so the replicas stay identical and follow the steps of one process with the same --batch-size. Only
 rank 0 prints and writes the run folder; evaluation is sharded and summed, so every image counts once.
+One process is a LocalGroup, a group of one whose collectives are identities: the loop has one path.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from ..core.errors import DensaError
 
 TIMEOUT_ENV = "DENSA_DIST_TIMEOUT"  # seconds a rank waits for the others at any collective (default 300)
-DIGESTS_ENV = "DENSA_DIST_DIGESTS"  # a folder: each rank appends its weights' sha256 after every epoch
 
 
 def launched() -> bool:
@@ -87,13 +86,55 @@ def launch(nproc: int, argv: list[str]) -> int:
     return 0
 
 
-def error_of(fn, *args) -> str | None:
-    """The message of the DensaError `fn(*args)` raises, or None (to share with Group.check)."""
+def error_of(fn, *args) -> DensaError | None:
+    """The DensaError `fn(*args)` raises, or None (to share with Group.check)."""
     try:
         fn(*args)
     except DensaError as e:
-        return str(e)
+        return e
     return None
+
+
+class LocalGroup:
+    """One process as a group of one: the same calls as Group, and each collective is the identity."""
+
+    rank, world, backend = 0, 1, None
+
+    def check(self, error: DensaError | None) -> None:
+        if error is not None:
+            raise error
+
+    def broadcast(self, obj):
+        return obj
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def agreed(self, stop):
+        return stop
+
+    def wrap(self, model, seed: int, step: int):
+        return model
+
+    def part(self, t):
+        return t
+
+    def scale(self, loss, n_part: int, n_batch: int):
+        return loss
+
+    def sum(self, *values):
+        return values
+
+    def evaluate(self, model, images, labels) -> dict:
+        from ..core.evaluate import evaluate
+
+        return evaluate(model, images, labels)
+
+    def broadcast_weights(self, model) -> None:
+        pass
+
+    def check_weights(self, model, epoch: int) -> None:
+        pass
 
 
 @dataclass
@@ -126,15 +167,17 @@ class Group:
                     f"start every rank with the same `densa train` arguments"
                 )
 
-    def check(self, error: str | None) -> None:
-        """Raise on every rank when any rank has an error message (the lowest rank's message)."""
+    def check(self, error: DensaError | None) -> None:
+        """Raise on every rank when any rank has an error (the lowest rank's; other ranks name it)."""
         import torch.distributed as dist
 
         errors = [None] * self.world
-        dist.all_gather_object(errors, error)
+        dist.all_gather_object(errors, None if error is None else str(error))
         for r, message in enumerate(errors):
+            if message and r == self.rank:
+                raise error
             if message:
-                raise DensaError(message if r == self.rank else f"(rank {r}) {message}")
+                raise DensaError(f"(rank {r}) {message}")
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
@@ -180,9 +223,9 @@ class Group:
         """This rank's contiguous slice of a global batch (the slices of all ranks partition it)."""
         return t.tensor_split(self.world)[self.rank]
 
-    def loss_scale(self, n_part: int, n_batch: int) -> float:
+    def scale(self, loss, n_part: int, n_batch: int):
         """DDP averages gradients over ranks; this makes that the mean over the global batch's images."""
-        return n_part * self.world / n_batch
+        return loss * (n_part * self.world / n_batch)
 
     def sum(self, *values):
         """Sums over all ranks of scalar tensors (returned in their own dtypes)."""
@@ -230,9 +273,6 @@ class Group:
         for p in model.parameters():
             h.update(p.detach().cpu().contiguous().numpy().tobytes())
         digest = h.hexdigest()
-        if os.environ.get(DIGESTS_ENV):
-            with open(Path(os.environ[DIGESTS_ENV]) / f"rank{self.rank}.txt", "a") as fh:
-                fh.write(f"{epoch} {digest}\n")
         digests = [None] * self.world
         dist.all_gather_object(digests, digest)
         if len(set(digests)) > 1:

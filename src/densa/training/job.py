@@ -8,21 +8,24 @@ to continue, rewritten after each epoch; `densa train --resume RUN`). Ctrl-C sav
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..core.checkpoint import RUN_FILES
 from ..core.config import ModelConfig, TrainConfig
-from ..core.data import WriteError
+from ..core.data import WriteError, write_atomic
 from ..core.errors import DensaError
-from .loop import Interrupted, NonFiniteLoss, epoch_line, holdout, train
+from .distributed import LocalGroup, error_of
+from .loop import Interrupted, NonFiniteLoss, check_early_stop, epoch_line, holdout, train
 
 
 def default_out(config: TrainConfig, model: str = "mlp") -> Path:
@@ -138,23 +141,17 @@ def run_training(
     """
     from .runfolder import RunLock
 
-    rank0 = ranks is None or ranks.rank == 0
+    ranks = ranks or LocalGroup()
     out = Path(out) if out is not None else default_out(config, model_config.model)
-    if ranks is not None:
-        out = ranks.broadcast(out)  # a default folder's name holds rank 0's clock
-    own = rank0 and lock is None
-    error = None
+    out = ranks.broadcast(out)  # a default folder's name holds rank 0's clock
+    own = ranks.rank == 0 and lock is None
     if own:
-        try:
-            lock = RunLock(out).acquire()
-        except DensaError as e:
-            if ranks is None:
-                raise
-            error = str(e)
-    if ranks is not None:
-        ranks.check(error)  # every rank stops if rank 0 could not take the folder
+        lock = RunLock(out)
+    ranks.check(error_of(lock.acquire) if own else None)  # every rank stops if rank 0 could not take it
     try:
-        return _run(model_config, config, out, data_dir, log, progress, preset, state, ranks)
+        run = prepare(model_config, config, out, data_dir, log, preset, state, ranks)
+        history = train_run(run, progress)
+        return finish(run, history)
     except WriteError as e:
         if e.path.parent != out:
             raise
@@ -175,148 +172,221 @@ def kept(out: Path) -> str:
     return f"{out}/ keeps the checkpoint of epoch {epoch}: `densa train --resume {out}` goes on from there"
 
 
-def _run(model_config, config, out, data_dir, log, progress, preset, state, ranks) -> dict:
-    from ..core.checkpoint import STATE_FILE, CheckpointError, build_meta, dataset_meta, save, save_state
-    from ..core.data import load_dataset, write_atomic
-    from ..core.device import resolve_device, resolve_precision
-    from ..core.evaluate import evaluate, format_prediction, predict_proba
-    from ..core.models import build_model, count_parameters
-    from .runfolder import check_new_run, check_space, remove_temp_files
+@dataclass
+class Run:
+    """A prepared run: its folder, data, model and metadata; rank 0 writes its files after each epoch."""
 
-    rank0 = ranks is None or ranks.rank == 0
-    if not rank0:
-        log, progress = (lambda *a, **k: None), False
+    out: Path
+    model_config: ModelConfig
+    config: TrainConfig
+    preset: str
+    state: dict | None  # the saved state it continues from
+    ranks: object  # distributed.Group, or LocalGroup
+    log: Callable[[str], None]
+    ds: object  # core.data.Dataset
+    model: torch.nn.Module
+    x: torch.Tensor  # the training images and labels (the val split held out)
+    y: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    device: str
+    precision: str
+    threads: int
+    times: dict[str, float]  # perf_counter at "start", "loaded", "trained", "evaluated"
+    history: list[dict] = field(default_factory=list)  # the records of every epoch, saved ones included
+
+    @property
+    def rank0(self) -> bool:
+        return self.ranks.rank == 0
+
+    def train_meta(self) -> dict:
+        meta = {
+            **self.config.to_dict(),
+            "preset": self.preset,
+            "threads": self.threads,
+            "device": self.device,
+            "precision_used": self.precision,
+        }
+        return {**meta, "world_size": self.ranks.world} if self.ranks.world > 1 else meta
+
+    def save_model(self, metrics: dict) -> None:
+        from ..core.checkpoint import build_meta, dataset_meta, save
+
+        meta = build_meta(self.model_config, dataset_meta(self.ds.spec), self.train_meta(), metrics)
+        save(self.model, self.out / "model.safetensors", meta)
+
+    def write_epoch(self, record: dict) -> None:
+        """metrics.jsonl with every epoch so far; model.safetensors when this epoch is the best (or last)."""
+        self.log(epoch_line(record))
+        self.history.append(record)
+        lines = [json.dumps({k: v for k, v in r.items() if k != "time"}) + "\n" for r in self.history]
+        write_atomic(self.out / "metrics.jsonl", "".join(lines))
+        if self.val is None or record["best_epoch"] == record["epoch"]:
+            self.save_model({k: v for k, v in record.items() if k != "time"})
+
+    def write_state(self, state: dict) -> None:
+        """checkpoint.pt: the loop's state with what resuming needs to rebuild the run."""
+        from ..core.checkpoint import STATE_FILE, save_state
+
+        extra = {
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "preset": self.preset,
+        }
+        save_state(
+            self.out / STATE_FILE, {**state, **extra, "threads": self.threads, "dataset": self.ds.name}
+        )
+
+
+def prepare(model_config, config, out, data_dir, log, preset, state, ranks) -> Run:
+    """Check the folder, load the data, build the model (with the saved weights when resuming)."""
+    from ..core.data import load_dataset
+    from ..core.device import resolve_device, resolve_precision
+    from ..core.models import build_model
+
+    if ranks.rank:
+        log = _quiet
     config.check()
-    if config.early_stop and not config.val_split:
-        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1)")
+    check_early_stop(config, bool(config.val_split), "--val-split F (e.g. 0.1)")  # before loading data
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    if ranks is not None:
-        from .distributed import error_of
-
-        if state is None:
-            ranks.check(error_of(check_new_run, out, log) if rank0 else None)
-    elif state is None:
-        check_new_run(out, log)
-    else:
-        remove_temp_files(out)
-    t_start = time.perf_counter()
+    _check_folder(out, state, ranks, log)
+    times = {"start": time.perf_counter()}
     ds = load_dataset(config.dataset, data_dir)
-    t_loaded = time.perf_counter()
+    times["loaded"] = time.perf_counter()
     log(
         f"data: {ds.name}, {len(ds.train_images):,} train / {len(ds.test_images):,} test images "
-        f"({t_loaded - t_start:.2f}s, from {Path(ds.sources['train_images']).parent})"
+        f"({times['loaded'] - times['start']:.2f}s, from {Path(ds.sources['train_images']).parent})"
     )
     model_config = replace(model_config, num_classes=len(ds.classes))
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
-    log(str(model))
-    threads = torch.get_num_threads()
-    log(f"parameters: {count_parameters(model):,} · threads: {threads} · seed: {config.seed}")
-    if preset != "seed" or device != "cpu" or precision != "fp32":
-        log(f"preset: {preset} · device: {device} · precision: {precision}")
-    if ranks is not None:
-        log(
-            f"data-parallel: {ranks.world} processes ({ranks.backend}), {threads} threads each; each takes "
-            f"1/{ranks.world} of every batch of {config.batch_size}"
-        )
-
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"{out}/{STATE_FILE}: its weights do not match the architecture it describes "
-                f"({' '.join(str(e).split())[:100]}...); it was modified or belongs to another run"
-            ) from None
-        if state.get("threads") != threads:
-            log(f"warning: the run used {state.get('threads')} threads, now {threads}: not bit-identical")
-        log(
-            f"resuming {out} after epoch {state['epoch']}"
-            + (f", step {state['step']}" if state["step"] else "")
-        )
-
     x, y, val = ds.train_images, ds.train_labels, None
+    run = Run(
+        out, model_config, config, preset, state, ranks, log, ds, model, x, y, val, device, precision,
+        torch.get_num_threads(), times, history=list(state["history"]) if state else [],
+    )  # fmt: skip
+    _describe(run)
+    if state is not None:
+        _load_weights(run)
     if config.val_split:
         tr, va = holdout(len(x), config.val_split, config.seed)
-        x, y, val = x[tr], y[tr], (x[va], y[va])
+        run.x, run.y, run.val = x[tr], y[tr], (x[va], y[va])
         log(f"val split: {len(va):,} of {len(tr) + len(va):,} training images held out (seed {config.seed})")
-    if rank0:
-        # the model file, and the checkpoint with the optimiser's state and one epoch's order, each
-        # twice while a new copy replaces the old one; checked now rather than after an epoch
-        check_space(out, 2 * (4 * count_parameters(model) * 4 + 8 * len(x)) + 1_000_000)
-        if state is not None and (out / "summary.json").exists():  # a finished run asked for more epochs
-            (out / "summary.json").unlink()
-            log(f"training {out} further: epochs {state['epoch'] + 1} to {config.epochs}")
-    ds_meta = dataset_meta(ds.spec)
-    train_meta = {
-        **config.to_dict(),
-        "preset": preset,
-        "threads": threads,
-        "device": device,
-        "precision_used": precision,
-    }
-    if ranks is not None:
-        train_meta["world_size"] = ranks.world
+    if run.rank0:
+        _make_room(run)
+    return run
 
-    def on_epoch(record):
-        log(epoch_line(record))
-        history = [*(state["history"] if state else []), *records, record]
-        records.append(record)
-        lines = [json.dumps({k: v for k, v in r.items() if k != "time"}) + "\n" for r in history]
-        write_atomic(out / "metrics.jsonl", "".join(lines))
-        if val is None or record["best_epoch"] == record["epoch"]:
-            epoch_metrics = {k: v for k, v in record.items() if k != "time"}
-            save(
-                model, out / "model.safetensors", build_meta(model_config, ds_meta, train_meta, epoch_metrics)
-            )
 
-    def on_state(s):
-        extra = {"model_config": model_config.to_dict(), "train_config": config.to_dict(), "preset": preset}
-        save_state(out / STATE_FILE, {**s, **extra, "threads": threads, "dataset": ds.name})
+def _quiet(*args, **kwargs) -> None:
+    pass
 
-    records: list[dict] = []
-    interrupted = threading.Event()
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main_thread else None
+
+def _check_folder(out: Path, state: dict | None, ranks, log) -> None:
+    """Rank 0 checks the folder (a new run may start there, or the saved one goes on); all ranks agree."""
+    from .runfolder import check_new_run, remove_temp_files
+
+    if state is not None:
+        if ranks.rank == 0:
+            remove_temp_files(out)
+        return
+    ranks.check(error_of(check_new_run, out, log) if ranks.rank == 0 else None)
+
+
+def _describe(run: Run) -> None:
+    from ..core.models import count_parameters
+
+    run.log(str(run.model))
+    threads, seed = run.threads, run.config.seed
+    run.log(f"parameters: {count_parameters(run.model):,} · threads: {threads} · seed: {seed}")
+    if run.preset != "seed" or run.device != "cpu" or run.precision != "fp32":
+        run.log(f"preset: {run.preset} · device: {run.device} · precision: {run.precision}")
+    if run.ranks.world > 1:
+        world, bs = run.ranks.world, run.config.batch_size
+        run.log(
+            f"data-parallel: {world} processes ({run.ranks.backend}), {threads} threads each; each takes "
+            f"1/{world} of every batch of {bs}"
+        )
+
+
+def _load_weights(run: Run) -> None:
+    """The saved weights into the new model: they must fit the architecture the checkpoint describes."""
+    from ..core.checkpoint import STATE_FILE, CheckpointError
+
+    state = run.state
     try:
-        history = train(
-            model, x, y, config, val=val, state=state, on_epoch=on_epoch if rank0 else None,
-            on_state=on_state if rank0 else None, stop=interrupted.is_set, progress=progress, ranks=ranks,
-        )  # fmt: skip
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{run.out}/{STATE_FILE}: its weights do not match the architecture it describes "
+            f"({' '.join(str(e).split())[:100]}...); it was modified or belongs to another run"
+        ) from None
+    if state.get("threads") != run.threads:
+        run.log(f"warning: the run used {state.get('threads')} threads, now {run.threads}: not bit-identical")
+    step = f", step {state['step']}" if state["step"] else ""
+    run.log(f"resuming {run.out} after epoch {state['epoch']}{step}")
+
+
+def _make_room(run: Run) -> None:
+    """Refuse a disk too small for the run; a finished run asked for more epochs is unfinished again."""
+    from ..core.models import count_parameters
+    from .runfolder import check_space
+
+    # the model file, and the checkpoint with the optimiser's state and one epoch's order, each
+    # twice while a new copy replaces the old one; checked now rather than after an epoch
+    check_space(run.out, 2 * (4 * count_parameters(run.model) * 4 + 8 * len(run.x)) + 1_000_000)
+    if run.state is not None and (run.out / "summary.json").exists():
+        (run.out / "summary.json").unlink()
+        run.log(f"training {run.out} further: epochs {run.state['epoch'] + 1} to {run.config.epochs}")
+
+
+def train_run(run: Run, progress: bool) -> list[dict]:
+    """The loop, with Ctrl-C saving between two steps; rank 0 writes the run's files after each epoch."""
+    writes = {"on_epoch": run.write_epoch, "on_state": run.write_state} if run.rank0 else {}
+    try:
+        with ctrl_c() as interrupted:
+            history = train(
+                run.model, run.x, run.y, run.config, val=run.val, state=run.state, **writes,
+                stop=interrupted.is_set, progress=progress and run.rank0, ranks=run.ranks,
+            )  # fmt: skip
     except Interrupted as e:
-        e.out = out
+        e.out = run.out
         raise
     except NonFiniteLoss as e:
-        if e.epoch > 1 or state is not None:
-            raise DensaError(f"{e} ({out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
+        if e.epoch > 1 or run.state is not None:
+            raise DensaError(f"{e} ({run.out}/ keeps the checkpoint of epoch {e.epoch - 1})") from None
         raise DensaError(f"{e} (no epoch finished, nothing was saved)") from None
+    run.times["trained"] = time.perf_counter()
+    return history
+
+
+@contextlib.contextmanager
+def ctrl_c():
+    """An Event that Ctrl-C (SIGINT) sets instead of raising KeyboardInterrupt (in the main thread)."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only it may handle signals
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-    t_trained = time.perf_counter()
-    last = history[-1]
-    best_epoch = last.get("best_epoch", last["epoch"])
-    if best_epoch != last["epoch"]:
-        from safetensors.torch import load_file
+        signal.signal(signal.SIGINT, previous)
 
-        if rank0:
-            model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
-        if ranks is not None:
-            ranks.broadcast_weights(model)
-        log(f"best val loss in epoch {best_epoch}: model.safetensors holds that epoch's weights")
-    if ranks is None:
-        result = evaluate(model, ds.test_images, ds.test_labels)
-    else:  # each rank its shard of the test set, the counts summed: every image once
-        result = ranks.evaluate(model, ds.test_images, ds.test_labels)
-        if not rank0:
-            return {"out": out, "model": model, "history": history, "summary": None}
-    t_evaluated = time.perf_counter()
-    log(f"test_loss: {result['loss']:.4f}")
-    log(f"test_acc: {result['acc']:.4f}")
-    probs = predict_proba(model, ds.test_images[:1])[0]
-    log(format_prediction(probs, 0, int(ds.test_labels[0]), ds.classes))
 
+def finish(run: Run, history: list[dict]) -> dict:
+    """The best epoch's weights, evaluated on the test split; rank 0 writes the model and summary.json."""
+    from ..core.evaluate import format_prediction, predict_proba
+
+    best_epoch = _best_weights(run, history)
+    ds = run.ds
+    result = run.ranks.evaluate(run.model, ds.test_images, ds.test_labels)  # sharded: every image once
+    run.times["evaluated"] = time.perf_counter()
+    if not run.rank0:
+        return {"out": run.out, "model": run.model, "history": history, "summary": None}
+    run.log(f"test_loss: {result['loss']:.4f}")
+    run.log(f"test_acc: {result['acc']:.4f}")
+    probs = predict_proba(run.model, ds.test_images[:1])[0]
+    run.log(format_prediction(probs, 0, int(ds.test_labels[0]), ds.classes))
     metrics = {
         "test_loss": result["loss"],
         "test_acc": result["acc"],
@@ -327,30 +397,51 @@ def _run(model_config, config, out, data_dir, log, progress, preset, state, rank
         "epochs": len(history),
         "best_epoch": best_epoch,
     }
-    if val is not None:
-        metrics.update(
-            val_loss=history[best_epoch - 1]["val_loss"], val_acc=history[best_epoch - 1]["val_acc"]
-        )
-    save(model, out / "model.safetensors", build_meta(model_config, ds_meta, train_meta, metrics))
+    if run.val is not None:
+        best = history[best_epoch - 1]
+        metrics.update(val_loss=best["val_loss"], val_acc=best["val_acc"])
+    run.save_model(metrics)
+    summary = _summary(run, metrics, history)
+    write_atomic(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run.log(f"saved run to {run.out}/ ({', '.join(RUN_FILES)})")
+    return {"out": run.out, "model": run.model, "history": history, "summary": summary}
+
+
+def _best_weights(run: Run, history: list[dict]) -> int:
+    """The best epoch (by val loss, else the last), whose weights (in model.safetensors) go into the model."""
+    last = history[-1]
+    best_epoch = last.get("best_epoch", last["epoch"])
+    if best_epoch != last["epoch"]:
+        from safetensors.torch import load_file
+
+        if run.rank0:
+            run.model.load_state_dict(load_file(str(run.out / "model.safetensors"), device=str(run.device)))
+        run.ranks.broadcast_weights(run.model)
+        run.log(f"best val loss in epoch {best_epoch}: model.safetensors holds that epoch's weights")
+    return best_epoch
+
+
+def _summary(run: Run, metrics: dict, history: list[dict]) -> dict:
+    from ..core.models import count_parameters
+
+    t = run.times
     summary = {
         **metrics,
-        "dataset": ds.name,
-        "preset": preset,
-        "parameters": count_parameters(model),
-        "device": device,
-        "precision": precision,
-        "threads": threads,
-        "stopped_early": len(history) < config.epochs,
+        "dataset": run.ds.name,
+        "preset": run.preset,
+        "parameters": count_parameters(run.model),
+        "device": run.device,
+        "precision": run.precision,
+        "threads": run.threads,
+        "stopped_early": len(history) < run.config.epochs,
         "epoch_times_s": [round(r["time"], 3) for r in history],
-        "load_time_s": round(t_loaded - t_start, 3),
-        "train_time_s": round(t_trained - t_loaded, 3),
-        "eval_time_s": round(t_evaluated - t_trained, 3),
-        "total_time_s": round(time.perf_counter() - t_start, 3),
+        "load_time_s": round(t["loaded"] - t["start"], 3),
+        "train_time_s": round(t["trained"] - t["loaded"], 3),
+        "eval_time_s": round(t["evaluated"] - t["trained"], 3),
+        "total_time_s": round(time.perf_counter() - t["start"], 3),
     }
-    if state is not None:
+    if run.state is not None:
         summary["resumed"] = True
-    if ranks is not None:
-        summary.update(world_size=ranks.world, backend=ranks.backend)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"saved run to {out}/ ({', '.join(RUN_FILES)})")
-    return {"out": out, "model": model, "history": history, "summary": summary}
+    if run.ranks.world > 1:
+        summary.update(world_size=run.ranks.world, backend=run.ranks.backend)
+    return summary

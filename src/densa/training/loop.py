@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..core.config import TrainConfig
 from ..core.errors import DensaError
+from .distributed import LocalGroup
 
 
 class NonFiniteLoss(DensaError):
@@ -93,21 +95,76 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Ten
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def new_loop() -> dict:
-    """The loop's own counters; with model, optimiser and RNG states they make a resumable state."""
-    return {
-        "epoch": 0,  # epochs completed
-        "step": 0,  # steps done in the epoch after `epoch` (non-zero only when stopped mid-epoch)
-        "global_step": 0,
-        "perm": None,  # that epoch's permutation, when stopped mid-epoch
-        "loss_sum": 0.0,
-        "correct": 0,
-        "history": [],  # one record per completed epoch
-        "best_val_loss": math.inf,
-        "best_epoch": 0,
-        "bad_epochs": 0,  # epochs since the val loss last improved
-        "stopped": False,  # early stopping ended the run
-    }
+@dataclass
+class LoopState:
+    """The loop's own counters; with model, optimiser and RNG states they make a resumable state.
+
+    Saved flat into checkpoint.pt under these names (core.metadata.check_state reads them back).
+    """
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in the epoch after `epoch` (non-zero only when stopped mid-epoch)
+    global_step: int = 0
+    perm: torch.Tensor | None = None  # that epoch's permutation, when stopped mid-epoch
+    loss_sum: float = 0.0  # of that epoch's steps so far (summed over all ranks)
+    correct: int = 0
+    history: list[dict] = field(default_factory=list)  # one record per completed epoch
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the val loss last improved
+    stopped: bool = False  # early stopping ended the run
+
+    @classmethod
+    def from_state(cls, state: dict) -> LoopState:
+        loop = cls(**{f.name: state[f.name] for f in fields(cls)})
+        loop.history = list(loop.history)  # appended to here; the caller's list stays as it was
+        return loop
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def note_val_loss(self, epoch: int, loss: float, patience: int) -> None:
+        """The early-stop rule: stop after `patience` epochs (0 = never) without a lower val loss."""
+        if loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = bool(patience) and self.bad_epochs >= patience
+
+
+def check_early_stop(
+    config: TrainConfig, has_val: bool, remedy: str = "--val-split F (e.g. 0.1) or pass val="
+) -> None:
+    """Early stopping watches the val loss: without val images there is nothing to watch."""
+    if config.early_stop and not has_val:
+        raise DensaError(f"early stopping watches the val loss; add {remedy}")
+
+
+@dataclass
+class Setup:
+    """What train() prepared once: data on the model's device, optimiser, generator, the rank's view."""
+
+    model: nn.Module
+    net: nn.Module  # what computes the forward pass: the model, or its data-parallel replica
+    opt: torch.optim.Optimizer
+    g: torch.Generator  # shuffling and augmentation
+    config: TrainConfig
+    images: torch.Tensor
+    labels: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    ranks: object  # distributed.Group, or LocalGroup for one process
+    autocast: contextlib.AbstractContextManager
+    stop: Callable[[], bool]  # true on every rank at the same step once it is true on one
+    on_state: Callable[[dict], None]
+    progress: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    @property
+    def steps(self) -> int:  # per epoch
+        return math.ceil(self.n / self.config.batch_size)
 
 
 def train(
@@ -135,136 +192,175 @@ def train(
     NonFiniteLoss before that step is applied. `ranks` (distributed.Group) makes this one rank of a
     data-parallel run: each rank trains on its slice of every global batch and all ranks agree on sums.
     """
-    from tqdm import tqdm
-
-    from ..core.device import resolve_precision
-    from ..core.evaluate import evaluate
-
     config = replace(config or TrainConfig(), **overrides)
     config.check()
-    if config.early_stop and val is None:
-        raise DensaError("early stopping watches the val loss; add --val-split F (e.g. 0.1) or pass val=")
+    check_early_stop(config, val is not None)
+    s, loop = setup(
+        model, images, labels, config, val, state, ranks or LocalGroup(), stop, on_state, progress
+    )
+    on_epoch = on_epoch or _ignore
+    while loop.epoch < config.epochs and not loop.stopped:
+        epoch = loop.epoch + 1
+        t0 = time.perf_counter()
+        loss_sum, correct = train_epoch(s, loop, epoch)
+        s.ranks.check_weights(model, epoch)
+        record = {"epoch": epoch, "loss": loss_sum.item() / s.n, "acc": correct.item() / s.n}
+        if val is not None:
+            record.update(validate(s, loop, epoch))
+        record["time"] = time.perf_counter() - t0  # of this process's part of the epoch; not in metrics.jsonl
+        loop.epoch, loop.step, loop.perm = epoch, 0, None
+        loop.history.append(record)
+        on_epoch(record)
+        s.on_state(snapshot(s, loop))
+        if s.stop() and loop.epoch < config.epochs:
+            raise Interrupted(epoch + 1, 0, s.steps)
+    model.eval()
+    return loop.history
+
+
+def setup(
+    model, images, labels, config, val, state, ranks, stop, on_state, progress
+) -> tuple[Setup, LoopState]:
+    """Data on the model's device, the optimiser and generator; with `state`, everything as it was saved."""
+    from ..core.device import resolve_precision
+
     device = next(model.parameters()).device
-    bf16 = resolve_precision(config.precision, device.type) == "bf16"
-    images, labels = images.to(device), labels.to(device)
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
-    n, bs = len(images), config.batch_size
-    steps = math.ceil(n / bs)
-    total = steps * config.epochs
-    g = torch.Generator().manual_seed(config.seed)
     opt = make_optimizer(model, config)
-    loop = new_loop()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        g.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        loop.update({k: state[k] for k in loop})
-        if ranks is not None and ranks.rank:  # rank 0 carries the saved partial sums of the epoch
-            loop.update(loss_sum=0.0, correct=0)
-    net, ev = model, evaluate  # what computes the forward pass, and evaluation
-    if ranks is not None:
-        net, ev = ranks.wrap(model, config.seed, loop["global_step"]), ranks.evaluate
-        stop = ranks.agreed(stop) if stop is not None else None
-
-    def snapshot() -> dict:
-        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": g.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": cuda,
-            **loop,
-        }
-
+    g = torch.Generator().manual_seed(config.seed)
+    loop = LoopState() if state is None else restore(state, model, opt, g, device)
+    if ranks.rank:  # rank 0 alone carries the saved partial sums of the epoch
+        loop.loss_sum, loop.correct = 0.0, 0
+    net = ranks.wrap(model, config.seed, loop.global_step)  # after restoring: rank 0's weights, RNG
+    bf16 = resolve_precision(config.precision, device.type) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    while loop["epoch"] < config.epochs and not loop["stopped"]:
-        epoch = loop["epoch"] + 1
-        model.train()
-        t0 = time.perf_counter()
-        if loop["step"]:  # resuming in the middle of this epoch
-            perm = loop["perm"].to(device)
-        else:
-            perm = torch.randperm(n, generator=g).to(device)
-            loop.update(loss_sum=0.0, correct=0)
-        loss_sum = torch.tensor(loop["loss_sum"], dtype=torch.float64, device=device)
-        correct = torch.tensor(loop["correct"], dtype=torch.int64, device=device)
-        bar = tqdm(
-            total=steps,
-            initial=loop["step"],
-            desc=f"Epoch {epoch}",
-            unit="batch",
-            leave=False,
-            disable=not progress,
-        )
-        for k in range(loop["step"], steps):
+    s = Setup(
+        model, net, opt, g, config, images.to(device), labels.to(device), val, ranks, autocast,
+        stop=ranks.agreed(stop or _never), on_state=on_state or _ignore, progress=progress,
+    )  # fmt: skip
+    return s, loop
+
+
+def restore(state: dict, model: nn.Module, opt, g: torch.Generator, device: torch.device) -> LoopState:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return LoopState.from_state(state)
+
+
+def snapshot(s: Setup, loop: LoopState) -> dict:
+    """The full resumable state (the keys of checkpoint.pt, before the run's own)."""
+    device = s.images.device
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.opt.state_dict(),
+        "generator": s.g.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": cuda,
+        **loop.to_dict(),
+    }
+
+
+def train_epoch(s: Setup, loop: LoopState, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch, or its rest when resuming mid-epoch; the summed loss and correct count over all ranks."""
+    s.model.train()
+    perm, loss_sum, correct = start_epoch(s, loop)
+    bs = s.config.batch_size
+    with progress_bar(s, loop.step, epoch) as bar:
+        for k in range(loop.step, s.steps):
             idx = perm[k * bs : (k + 1) * bs]
-            xb = images[idx]
-            if config.shift:
-                xb = random_shift(xb.reshape(-1, 28, 28), config.shift, g)
-            if config.flip:
-                xb = random_flip(xb.reshape(-1, 28, 28), g)
-            n_batch = len(idx)
-            if ranks is not None:  # this rank's slice (augmentation was drawn for the whole batch)
-                xb, idx = ranks.part(xb), ranks.part(idx)
-            xb = xb.float().div_(255)  # uint8 -> [0, 1], as the tutorial's ToTensor
-            yb = labels[idx]
-            lr = lr_at(loop["global_step"], total, config)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with autocast:
-                logits = net(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-            bad = not torch.isfinite(loss)
-            if bad if ranks is None else ranks.any(bad):
-                bar.close()
-                raise NonFiniteLoss(
-                    f"the loss became {loss.item()} in epoch {epoch}, step {k + 1} of {steps} (learning rate "
-                    f"{lr:.3g}): the learning rate is probably too high; try --lr {config.lr / 10:g}",
-                    epoch,
-                )
-            (loss if ranks is None else loss * ranks.loss_scale(len(idx), n_batch)).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loop["global_step"] += 1
-            loss_sum += loss.detach() * len(idx)
+            xb, yb = batch(s, idx)
+            lr = set_lr(s.opt, lr_at(loop.global_step, s.steps * s.config.epochs, s.config))
+            with s.autocast:
+                logits = s.net(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=s.config.label_smoothing)
+            check_finite(s, loss, lr, epoch, k + 1)  # before the step: a bad step is never applied
+            s.ranks.scale(loss, len(yb), len(idx)).backward()
+            s.opt.step()
+            s.opt.zero_grad(set_to_none=True)
+            loop.global_step += 1
+            loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(dim=1) == yb).sum()
             bar.update()
-            if stop is not None and stop() and k + 1 < steps:
-                bar.close()
-                if ranks is not None:
-                    loss_sum, correct = ranks.sum(loss_sum, correct)
-                loop.update(step=k + 1, perm=perm.cpu(), loss_sum=loss_sum.item(), correct=correct.item())
-                if on_state is not None:
-                    on_state(snapshot())
-                raise Interrupted(epoch, k + 1, steps)
-        bar.close()
-        if ranks is not None:
-            loss_sum, correct = ranks.sum(loss_sum, correct)
-            ranks.check_weights(model, epoch)
-        record = {"epoch": epoch, "loss": loss_sum.item() / n, "acc": correct.item() / n}
-        if val is not None:
-            r = ev(model, *val)
-            if r["loss"] < loop["best_val_loss"]:
-                loop.update(best_val_loss=r["loss"], best_epoch=epoch, bad_epochs=0)
-            else:
-                loop["bad_epochs"] += 1
-            record.update(val_loss=r["loss"], val_acc=r["acc"], best_epoch=loop["best_epoch"])
-            loop["stopped"] = bool(config.early_stop) and loop["bad_epochs"] >= config.early_stop
-        record["time"] = time.perf_counter() - t0  # of this process's part of the epoch; not in metrics.jsonl
-        loop.update(epoch=epoch, step=0, perm=None, history=[*loop["history"], record])
-        if on_epoch is not None:
-            on_epoch(record)
-        if on_state is not None:
-            on_state(snapshot())
-        if stop is not None and stop() and loop["epoch"] < config.epochs:
-            raise Interrupted(epoch + 1, 0, steps)
-    model.eval()
-    return loop["history"]
+            if s.stop() and k + 1 < s.steps:
+                pause(s, loop, epoch, k + 1, perm, loss_sum, correct)
+    return s.ranks.sum(loss_sum, correct)
+
+
+def start_epoch(s: Setup, loop: LoopState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The epoch's permutation and running sums: drawn and zero, or as saved when resuming mid-epoch."""
+    device = s.images.device
+    if loop.step:
+        perm = loop.perm.to(device)
+    else:
+        perm = torch.randperm(s.n, generator=s.g).to(device)
+        loop.loss_sum, loop.correct = 0.0, 0
+    loss_sum = torch.tensor(loop.loss_sum, dtype=torch.float64, device=device)
+    correct = torch.tensor(loop.correct, dtype=torch.int64, device=device)
+    return perm, loss_sum, correct
+
+
+def progress_bar(s: Setup, done: int, epoch: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=s.steps, initial=done, desc=f"Epoch {epoch}", unit="batch", leave=False, disable=not s.progress
+    )
+
+
+def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's images in [0, 1] and labels of the global batch `idx`, augmented as configured."""
+    xb = s.images[idx]
+    if s.config.shift:
+        xb = random_shift(xb.reshape(-1, 28, 28), s.config.shift, s.g)
+    if s.config.flip:
+        xb = random_flip(xb.reshape(-1, 28, 28), s.g)
+    xb, idx = s.ranks.part(xb), s.ranks.part(idx)  # augmentation was drawn for the whole batch
+    return xb.float().div_(255), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def check_finite(s: Setup, loss: torch.Tensor, lr: float, epoch: int, step: int) -> None:
+    """Raise NonFiniteLoss on every rank when the loss of this step is not finite on any rank."""
+    if s.ranks.any(not torch.isfinite(loss)):
+        raise NonFiniteLoss(
+            f"the loss became {loss.item()} in epoch {epoch}, step {step} of {s.steps} (learning rate "
+            f"{lr:.3g}): the learning rate is probably too high; try --lr {s.config.lr / 10:g}",
+            epoch,
+        )
+
+
+def pause(s: Setup, loop: LoopState, epoch: int, step: int, perm, loss_sum, correct) -> None:
+    """stop() turned true after `step` steps of `epoch`: hand the state to on_state and raise Interrupted."""
+    loss_sum, correct = s.ranks.sum(loss_sum, correct)
+    loop.step, loop.perm, loop.loss_sum, loop.correct = step, perm.cpu(), loss_sum.item(), correct.item()
+    s.on_state(snapshot(s, loop))
+    raise Interrupted(epoch, step, s.steps)
+
+
+def validate(s: Setup, loop: LoopState, epoch: int) -> dict:
+    """The val metrics of the epoch's weights, and the early-stop rule applied to them."""
+    r = s.ranks.evaluate(s.model, *s.val)
+    loop.note_val_loss(epoch, r["loss"], s.config.early_stop)
+    return {"val_loss": r["loss"], "val_acc": r["acc"], "best_epoch": loop.best_epoch}
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(_) -> None:
+    pass
 
 
 def epoch_line(record: dict) -> str:
