@@ -203,9 +203,6 @@ class TrainConfig:
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise DensaError("Nesterov needs --optimizer sgd with a --momentum above 0")
 
-    def check(self) -> None:
-        """Nothing to do: a TrainConfig checks itself when it is built (kept for older callers)."""
-
     def to_dict(self) -> dict:
         return asdict(self)
 

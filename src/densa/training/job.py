@@ -245,7 +245,6 @@ def prepare(model_config, config, out, data_dir, log, preset, state, ranks) -> R
 
     if ranks.rank:
         log = _quiet
-    config.check()
     check_early_stop(config, bool(config.val_split), "--val-split F (e.g. 0.1)")  # before loading data
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)

@@ -193,7 +193,6 @@ def train(
     data-parallel run: each rank trains on its slice of every global batch and all ranks agree on sums.
     """
     config = replace(config or TrainConfig(), **overrides)
-    config.check()
     check_early_stop(config, val is not None)
     s, loop = setup(
         model, images, labels, config, val, state, ranks or LocalGroup(), stop, on_state, progress
