@@ -101,8 +101,8 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(synth, tmp_path, capsys)
 def test_a_crash_while_saving_epoch_1_leaves_no_dead_end(synth, tmp_path, capsys, rename):
     root, run = tmp_path / "data", tmp_path / "R"
     proc = child(root, *FLAGS, "--epochs", "2", "--out", str(run), DENSA_TEST_KILL_AT_RENAME=str(rename))
-    proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, err
     assert [p.name for p in run.glob(".*.tmp")], "the crash left a temp file, as a real one would"
     assert not (run / "checkpoint.pt").exists()
 
@@ -121,8 +121,8 @@ def test_a_crash_while_saving_epoch_1_leaves_no_dead_end(synth, tmp_path, capsys
 def test_a_crash_while_saving_epoch_2_resumes_from_epoch_1(synth, tmp_path, capsys):
     root, run = tmp_path / "data", tmp_path / "R"
     proc = child(root, *FLAGS, "--epochs", "2", "--out", str(run), DENSA_TEST_KILL_AT_RENAME="6")
-    proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, err
     assert load_state(run)["epoch"] == 1
     one_line_error(capsys, [*FLAGS, "--out", str(run)], "already holds a run (unfinished", f"--resume {run}")
     assert main(["train", "--resume", str(run)]) == 0

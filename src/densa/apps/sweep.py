@@ -402,11 +402,7 @@ def _work(study, storage, beat, attempt, trials, timeout, interrupted, counts, l
         if timeout is not None and time.monotonic() - start > timeout:
             break
         optuna.storages.fail_stale_trials(study)  # RUNNING trials whose worker went silent end as FAIL
-        with (
-            warnings.catch_warnings()
-        ):  # "Heartbeat ... supposed to be used with Study.optimize": it is, here
-            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = study.ask()
+        trial = ask(study, storage.url)
         try:
             with beating(storage, trial, beat):
                 wanted, value, said = attempt(trial)
@@ -425,6 +421,22 @@ def _work(study, storage, beat, attempt, trials, timeout, interrupted, counts, l
         log(f"trial {trial.number}: {said}")
     if interrupted.is_set():
         raise KeyboardInterrupt
+
+
+def ask(study, url: str):
+    """study.ask(); on a SQLite file, one worker of this machine at a time: SQLite has no row locks, so two
+    workers could otherwise both take the same enqueued trial (each would run trial 0)."""
+    with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": it is, here
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            fcntl = None
+        if fcntl is None or not url.startswith("sqlite:///"):
+            return study.ask()
+        with open(url[len("sqlite:///") :], "rb") as fh:  # flock: apart from SQLite's own fcntl locks
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+            return study.ask()
 
 
 @contextmanager
