@@ -149,7 +149,7 @@ def test_torch_and_onnx_agree_on_real_mnist(mnist_run, tmp_path):
     worst = float(np.abs(pt - po).max())
     assert worst <= 1e-5, worst
     assert np.array_equal(pt.argmax(1), po.argmax(1))
-    rt, ro = t.evaluate(split="test"), o.evaluate(x, ds.test_labels.numpy())
+    rt, ro = t.evaluate(ds.test_images, ds.test_labels), o.evaluate(x, ds.test_labels.numpy())
     assert rt["n"] == ro["n"] == 10_000 and rt["correct"] == ro["correct"] and rt["acc"] > 0.97
     assert abs(rt["loss"] - ro["loss"]) < 1e-5
     print(f"torch vs onnx on MNIST test: max |dp| {worst:.2e}, acc {rt['acc']:.4f}")
