@@ -44,7 +44,8 @@ def stages(run: Path, out: Path) -> None:
     from densa.apps import plots
     from densa.apps.report import figures_for, write_report
     from densa.core.checkpoint import load
-    from densa.core.metrics import assess, load_split
+    from densa.core.metrics import assess
+    from densa.inference.model import load_split
 
     t = {}
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from densa.core.checkpoint import build_meta, dataset_meta
 from densa.core.config import ModelConfig
 from densa.core.data import DATASETS
 from densa.core.models import build_model
-from densa.inference.onnx_file import TOLERANCE, OnnxPredictor, evaluate_onnx, export_onnx
+from densa.inference.onnx_file import TOLERANCE, OnnxPredictor, export_onnx
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -340,7 +340,7 @@ def test_parity_on_real_mnist(real_mnist, tmp_path):
         worst[n] = float(np.abs(got - want[:n]).max())
         assert worst[n] <= TOLERANCE, worst
     assert np.array_equal(got.argmax(1), want.argmax(1))  # all 10,000 test images
-    r_onnx = evaluate_onnx(predictor, ds.test_images.numpy(), ds.test_labels.numpy())
+    r_onnx = predictor.evaluate(ds.test_images.numpy(), ds.test_labels.numpy())
     r_torch = densa.evaluate(model, ds.test_images, ds.test_labels)
     assert r_onnx["correct"] == r_torch["correct"] and abs(r_onnx["loss"] - r_torch["loss"]) < 1e-5
     assert r_torch["acc"] > 0.95

@@ -6,7 +6,9 @@ torch is imported only when a name that needs it is first used.
     ds = densa.load_dataset("mnist")
     model = densa.MLP([784, 512, 10])
     history = densa.train(model, ds.train_images, ds.train_labels, epochs=5)
-    print(densa.evaluate(model, ds.test_images, ds.test_labels))
+    densa.save(model, "runs/mlp/model.safetensors", dataset=ds)
+    trained = densa.load("runs/mlp")  # or an .onnx file from densa.export_onnx / `densa export`
+    print(trained.evaluate(ds.test_images, ds.test_labels), trained.predict_proba(ds.test_images[:3]))
 """
 
 from ._version import __version__
@@ -29,7 +31,8 @@ _EXPORTS = {  # public name -> the module that defines it
     "predict": "core.evaluate",
     "Checkpoint": "core.checkpoint",
     "save": "core.checkpoint",
-    "load": "core.checkpoint",
+    "load": "inference.predictor",
+    "TrainedModel": "inference.model",
     "OnnxPredictor": "inference.onnx_file",
     "export_onnx": "inference.onnx_file",
 }

@@ -189,7 +189,8 @@ def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, lo
     figs: dict[str, tuple[object, str]] = {}
     if files.checkpoint is not None:
         from ..core.checkpoint import load
-        from ..core.metrics import assess, load_split
+        from ..core.metrics import assess
+        from ..inference.model import load_split
 
         ckpt = load(files.checkpoint)
         ds, images, labels = load_split(ckpt, dataset, split, data_dir)

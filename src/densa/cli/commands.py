@@ -162,7 +162,8 @@ def _load_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from ..core.metrics import assess, assess_logits, format_confusion, format_table, load_split
+    from ..core.metrics import assess, assess_logits, format_confusion, format_table
+    from ..inference.model import load_split
     from ..inference.onnx_file import is_onnx
 
     if is_onnx(args.run):

@@ -1,7 +1,8 @@
 """Self-describing checkpoints: safetensors weights with everything needed to use them in the metadata.
 
-`save(model, path, model_config=..., dataset=..., ...)` writes model.safetensors atomically; `load(path)`
-takes a run folder or a .safetensors file and rebuilds the model with no other flags or files.
+`save(model, path, dataset="mnist")` writes model.safetensors atomically, the metadata built from the
+model's own config; `load(path)` takes a run folder or a .safetensors file and rebuilds the model with no
+other flags or files (densa.load wraps it in the trained-model object, inference.model).
 Metadata values are JSON strings under the keys of META_KEYS.
 """
 
@@ -73,16 +74,56 @@ def build_meta(
     }
 
 
-def save(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
-    """Write the weights and `meta` (see build_meta) to `path`, atomically."""
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    meta: dict | None = None,
+    *,
+    dataset=None,
+    train: dict | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write the weights and their metadata to `path` (a .safetensors file), atomically.
+
+    Without `meta` the metadata is built here (build_meta): the architecture from the model itself
+    (`model.config`, which MLP, CNN and build_model set), the classes and preprocessing rule of `dataset`
+    (a name from DATASETS, a Dataset from load_dataset or its spec; "mnist" if not given), and the
+    optional `train` settings (a dict or TrainConfig) and `metrics`. `meta` is complete metadata that a
+    caller built already (the run job does).
+    """
     from safetensors.torch import save as to_bytes
 
+    if meta is None:
+        meta = meta_for(model, dataset, train, metrics)
+    elif dataset is not None or train is not None or metrics is not None:
+        raise CheckpointError("pass either meta or dataset/train/metrics to save, not both")
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, **{k: json.dumps(meta.get(k)) for k in META_KEYS}}
     # serialised in memory, then written by plain OS calls: a full disk is an OSError naming the file
     write_atomic(path, to_bytes(tensors, metadata=metadata))
     return path
+
+
+def meta_for(model: nn.Module, dataset=None, train=None, metrics: dict | None = None) -> dict:
+    """The metadata densa.save writes for a model that remembers its config (see save)."""
+    from .data import get_spec
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise CheckpointError(
+            f"cannot save a {type(model).__name__} without its architecture: build it with densa.MLP, "
+            "densa.CNN or densa.build_model (they record model.config)"
+        )
+    dataset = "mnist" if dataset is None else dataset
+    spec = get_spec(dataset) if isinstance(dataset, str) else getattr(dataset, "spec", dataset)
+    if len(spec.classes) != config.num_classes:
+        raise CheckpointError(
+            f"the model has {config.num_classes} outputs but dataset {spec.name!r} has "
+            f"{len(spec.classes)} classes; save it with the dataset it was trained on"
+        )
+    train = train.to_dict() if hasattr(train, "to_dict") else train
+    return build_meta(config, dataset_meta(spec), train, metrics)
 
 
 def resolve(path: str | os.PathLike, name: str = "model.safetensors") -> Path:

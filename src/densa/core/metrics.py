@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DensaError
-
 ECE_BINS = 15  # equal-width confidence bins over [0, 1], as in Guo et al. 2017
 
 
@@ -82,40 +80,26 @@ def calibration(confidence, correct, bins: int = ECE_BINS) -> dict:
     }
 
 
-def cross_entropy(logits, labels) -> float:
-    """Mean cross-entropy of (N, K) logits against (N,) labels, in float64 (log-sum-exp, stable)."""
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(y) == 0:
-        return float("nan")
-    top = z.max(axis=1)
-    log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-    return float((log_norm - z[np.arange(len(y)), y]).mean())
-
-
 def assess_logits(logits, labels, classes) -> dict:
     """Loss, accuracy, class table, confusion matrix and calibration of (N, K) logits vs (N,) labels.
 
-    Also returns the numpy arrays the report draws from: "probs" (N, K), "preds" (N,), "labels" (N,).
+    Loss and accuracy come from core.evaluate.score, like every other score densa prints. Also returns
+    the numpy arrays the report draws from: "probs" (N, K), "preds" (N,), "labels" (N,).
     """
+    from .evaluate import score, softmax
+
     y = np.asarray(labels, dtype=np.int64)
-    n = len(y)
-    z = np.asarray(logits, dtype=np.float64).reshape(n, len(classes))
-    probs = np.exp(z - z.max(axis=1, keepdims=True, initial=-np.inf))
-    probs /= probs.sum(axis=1, keepdims=True)
-    preds = probs.argmax(axis=1)
+    z = np.asarray(logits, dtype=np.float32).reshape(len(y), len(classes))
+    probs = softmax(z)
+    preds = z.argmax(axis=1)
     cm = confusion_matrix(y, preds, len(classes))
-    correct = int(np.trace(cm))
     return {
-        "loss": cross_entropy(z, y),
-        "acc": correct / max(n, 1),
-        "correct": correct,
-        "n": n,
+        **score(z, y),
         **class_table(cm, classes),
         "classes": [str(c) for c in classes],
         "confusion": cm.tolist(),
         "calibration": calibration(probs.max(axis=1, initial=0.0), preds == y),
-        "probs": probs.astype(np.float32),
+        "probs": probs,
         "preds": preds,
         "labels": y,
     }
@@ -163,21 +147,3 @@ def format_confusion(cm, classes) -> str:
     for label, counts in zip(labels, cm):
         lines.append(f"{label:<{w}} " + " ".join(f"{int(v):>{cw}}" for v in counts))
     return "\n".join(lines)
-
-
-def load_split(ckpt, dataset: str | None = None, split: str = "test", data_dir=None):
-    """The (dataset, images, labels) a checkpoint is assessed on: its own dataset unless one is named.
-
-    Any dataset with as many classes as the model has outputs will do; another count is an error.
-    """
-    from .data import load_dataset
-
-    ds = load_dataset(dataset or ckpt.dataset, data_dir)
-    k = len(ckpt.classes)
-    if len(ds.classes) != k:
-        raise DensaError(
-            f"{ckpt.path} predicts {k} classes but dataset {ds.name!r} has {len(ds.classes)}; "
-            f"pick a dataset with {k} classes (it was trained on {ckpt.dataset!r})"
-        )
-    images, labels = ds.split(split)
-    return ds, images, labels

@@ -2,6 +2,8 @@
 
 Models take images scaled to [0, 1] — (N, 28, 28), (N, 1, 28, 28) or (N, 784) — and return logits
 (N, classes). Softmax and the loss live outside the model, which keeps export and predict_proba simple.
+Each model remembers the ModelConfig that rebuilds it (`model.config`), so densa.save needs no
+architecture spelled out; an MLP that does not start at 784 pixels (a CNN's head) has config None.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class MLP(nn.Module):
         check_layer_options(activation, dropout)
         self.sizes = [int(s) for s in sizes]
         self.normalize = tuple(normalize) if normalize is not None else None
+        self.config = None
+        if self.sizes[0] == 784:
+            hidden, n = tuple(self.sizes[1:-1]), self.sizes[-1]
+            self.config = ModelConfig(
+                "mlp", hidden, activation, float(dropout), num_classes=n, normalize=self.normalize
+            )
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
             layers.append(nn.Linear(a, b))
@@ -71,6 +79,15 @@ class CNN(nn.Module):
         if not 1 <= len(channels) <= 4 or any(int(c) < 1 for c in channels):
             raise DensaError(f"CNN channels must be 1 to 4 positive integers, got {list(channels)}")
         self.normalize = tuple(normalize) if normalize is not None else None
+        self.config = ModelConfig(
+            "cnn",
+            tuple(int(h) for h in hidden),
+            activation,
+            float(dropout),
+            tuple(int(c) for c in channels),
+            num_classes=int(num_classes),
+            normalize=self.normalize,
+        )
         layers: list[nn.Module] = []
         c_in, side = 1, 28
         for c in channels:
@@ -106,11 +123,12 @@ def check_layer_options(activation: str, dropout: float) -> None:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+    """The network `config` describes; it keeps `config` itself as `.config`."""
     if config.model == "mlp":
         sizes = [config.in_features, *config.hidden, config.num_classes]
-        return MLP(sizes, config.activation, config.dropout, config.normalize)
-    if config.model == "cnn":
-        return CNN(
+        model = MLP(sizes, config.activation, config.dropout, config.normalize)
+    elif config.model == "cnn":
+        model = CNN(
             config.channels,
             config.hidden,
             config.num_classes,
@@ -118,7 +136,10 @@ def build_model(config: ModelConfig) -> nn.Module:
             config.dropout,
             config.normalize,
         )
-    raise DensaError(f"unknown model {config.model!r}; choose mlp or cnn")
+    else:
+        raise DensaError(f"unknown model {config.model!r}; choose mlp or cnn")
+    model.config = config
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

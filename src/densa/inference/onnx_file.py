@@ -3,8 +3,9 @@
 `export_run(RUN, "model.onnx")` (what `densa export RUN --onnx model.onnx` calls) loads a run and hands
 its model to `export_onnx(model, out, meta)`, which works for any nn.Module: torch's exporter writes the
 graph, onnxruntime must then match torch before the file is written, and the classes, preprocessing
-rule and provenance travel in the file's metadata. `OnnxPredictor(path)` needs onnxruntime and numpy
-only: this module imports torch inside the export functions and nowhere else.
+rule and provenance travel in the file's metadata. `OnnxPredictor(path)` (what densa.load returns for a
+.onnx file: the trained-model object, inference.model) needs onnxruntime and numpy only: this module
+imports torch inside the export functions and nowhere else.
 
 The file's contract: input "images", float32 (batch, 28, 28), pixels scaled to [0, 1] (uint8 / 255);
 outputs "probabilities" (softmax, columns in class order) and "logits", both (batch, classes).
@@ -26,6 +27,7 @@ import numpy as np
 from .._version import __version__
 from ..core.errors import DensaError
 from ..core.extras import require
+from .model import TrainedModel
 
 FORMAT = "densa.onnx.v1"
 OPSET = 20  # ai.onnx opset; torch 2.13's own default, so its exporter needs no version conversion
@@ -248,30 +250,12 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
 # --------------------------------------------------------------------------- inference (no torch)
 
 
-def as_images(images) -> np.ndarray:
-    """uint8 pixels -> float32 / 255; floats must already be in [0, 1]. Shape (N, 28, 28)."""
-    x = np.asarray(images)
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise OnnxError(f"images must have shape (N, 28, 28), got {x.shape}")
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise OnnxError(f"images must be uint8 pixels or floats in [0, 1], got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.size and not (x.min() >= 0 and x.max() <= 1):
-        raise OnnxError(
-            f"image values must lie in [0, 1] (pixels / 255), got {x.min():g} to {x.max():g}; "
-            "pass uint8 pixels or divide by 255"
-        )
-    return x
+class OnnxPredictor(TrainedModel):
+    """A file written by `densa export`, run by onnxruntime: the trained-model object without torch.
 
-
-class OnnxPredictor:
-    """A file written by `densa export`, run by onnxruntime: predict_proba(images) -> (N, classes).
-
-    .classes (names, in column order), .preprocess (how a person's image becomes the 28x28 input),
-    .model_id (the source run's "<run name>@<12 hex of its model.safetensors' sha256>"), .meta (the run's
-    metadata plus "export"). `threads` sets onnxruntime's intra-op threads (None: its default).
+    The interface is TrainedModel's (predict_proba, predict, evaluate, logits, classes, preprocess);
+    .model_id is the source run's "<run name>@<12 hex of its model.safetensors' sha256>", .meta the run's
+    metadata plus "export", .module None. `threads` sets onnxruntime's intra-op threads (None: its default).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
@@ -312,7 +296,7 @@ class OnnxPredictor:
         try:
             meta = {k: json.loads(props[f"densa.{k}"]) for k in META_KEYS}
             classes = json.loads(props["densa.classes"])
-            self.preprocess = props["densa.preprocess"]
+            rule = props["densa.preprocess"]
             self.model_id = props["densa.model_id"]
         except (KeyError, json.JSONDecodeError) as e:
             raise OnnxError(f"{self.path}: densa metadata is damaged ({e}); export it again") from None
@@ -322,9 +306,9 @@ class OnnxPredictor:
                 f"{self.path}: expected input {INPUT!r} and outputs {list(OUTPUTS)}, found {names[0]} and "
                 f"{names[1]}; export it again"
             )
-        self.meta, self.classes = self._checked(meta, classes)
+        super().__init__(self._checked(meta, classes, rule), self.path)
 
-    def _checked(self, meta: dict, classes) -> tuple[dict, list[str]]:
+    def _checked(self, meta: dict, classes, rule) -> dict:
         """The metadata checked as a checkpoint's is, and the flat properties against it and the graph."""
         from ..core.metadata import check_classes, check_meta, check_rule, refuse
 
@@ -337,42 +321,11 @@ class OnnxPredictor:
         classes = check_classes(self.path, "densa.classes", classes, n)
         if classes != meta["dataset"]["classes"]:
             raise refuse(self.path, "densa.classes", "the class names of densa.dataset", classes)
-        self.preprocess = check_rule(self.path, "densa.preprocess", self.preprocess)
+        rule = check_rule(self.path, "densa.preprocess", rule)
         if not (isinstance(self.model_id, str) and 0 < len(self.model_id) <= 200):
             raise refuse(self.path, "densa.model_id", "a model id of 1..200 characters", self.model_id)
-        return meta, classes
+        # the flat property is what other runtimes read: it decides how people's images are prepared
+        return {**meta, "dataset": {**meta["dataset"], "preprocess": rule}}
 
-    @property
-    def dataset(self) -> str:
-        """The name of the dataset the model was trained on."""
-        return self.meta["dataset"]["name"]
-
-    def _run(self, images, output: str) -> np.ndarray:
-        x = as_images(images)
-        if len(x) == 0:
-            return np.empty((0, len(self.classes)), dtype=np.float32)
-        return self.session.run([output], {INPUT: x})[0]
-
-    def predict_proba(self, images) -> np.ndarray:
-        """(N, classes) float32 probabilities for uint8 or [0, 1] float images (N, 28, 28)."""
-        return self._run(images, "probabilities")
-
-    def logits(self, images) -> np.ndarray:
-        return self._run(images, "logits")
-
-    def predict(self, images) -> np.ndarray:
-        """(N,) predicted class indices."""
-        return self.logits(images).argmax(axis=1)
-
-
-def evaluate_onnx(predictor: OnnxPredictor, images, labels, batch_size: int = 2000) -> dict:
-    """Mean cross-entropy and accuracy over every image, as densa.evaluate returns them."""
-    from ..core.metrics import cross_entropy
-
-    labels = np.asarray(labels).astype(np.int64)
-    n, loss_sum, correct = len(labels), 0.0, 0
-    for i in range(0, n, batch_size):
-        z, y = predictor.logits(images[i : i + batch_size]), labels[i : i + batch_size]
-        loss_sum += cross_entropy(z, y) * len(y)
-        correct += int((z.argmax(axis=1) == y).sum())
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "correct": correct, "n": n}
+    def _logits(self, x) -> np.ndarray:
+        return self.session.run([OUTPUTS[1]], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,11 +1,11 @@
-"""The small interface `densa predict` and `densa serve` use to ask a trained model about images.
+"""Opening a trained model (`load`, which is densa.load) and asking it about people's images.
 
-A predictor has `classes` (names in column order), `preprocess` (a rule name from images.RULES),
-`model_id` (a short stable id of the weights), `meta` (the checkpoint metadata) and
-`predict_proba(x)`: float32 (N, 28, 28) in [0, 1], light ink on black -> float32 (N, classes).
-`open_predictor(path)` opens a run folder, .safetensors or .onnx file. `classify` and `result` turn an image's
-bytes into the JSON-ready answer both commands print or send; `predict_files` does it for
-`densa predict`'s files and folders.
+`load(path)` opens a run folder, .safetensors or .onnx file as the trained-model object (inference.model).
+What `densa predict` and `densa serve` need of it (a "predictor") is `classes` (names in column order),
+`preprocess` (a rule name from images.RULES), `model_id` (a short stable id of the weights), `meta` and
+`predict_proba(images)`: uint8 (N, 28, 28), light ink on black -> float32 (N, classes). `classify` and
+`result` turn an image's bytes into the JSON-ready answer both commands print or send; `predict_files`
+does it for `densa predict`'s files and folders.
 """
 
 from __future__ import annotations
@@ -16,39 +16,28 @@ from pathlib import Path
 import numpy as np
 
 
-class TorchPredictor:
-    """A densa checkpoint, in eval mode, behind the predictor interface."""
+def load(path: str | os.PathLike, threads: int | None = None):
+    """A run folder, .safetensors checkpoint or .onnx export as a TrainedModel (ONNX needs no torch).
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import torch
+    `threads` sets torch's (or onnxruntime's) CPU threads; None keeps the default."""
+    from .onnx_file import OnnxPredictor, is_onnx
 
-        from ..core.checkpoint import checkpoint_name, file_id, load
+    if is_onnx(path):
+        return OnnxPredictor(path, threads=threads)
+    import torch
 
-        if threads:
-            torch.set_num_threads(threads)
-        ckpt = load(path)
-        self.model = ckpt.model
-        self.meta = ckpt.meta
-        self.path = ckpt.path
-        self.classes = ckpt.classes
-        self.preprocess = self.meta["dataset"][
-            "preprocess"
-        ]  # checked, and filled in, by checkpoint.read_meta
-        self.model_id = file_id(ckpt.path, checkpoint_name(ckpt.path))
+    from ..core.checkpoint import load as load_checkpoint
+    from .model import TrainedModel
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-            return torch.softmax(logits.float(), dim=1).numpy()
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(path)
+    return TrainedModel(ckpt.meta, ckpt.path, module=ckpt.model)
 
 
 def open_predictor(path: str | os.PathLike, threads: int | None = None):
-    """A predictor for a run folder, a .safetensors file or an exported .onnx file (onnxruntime, no torch)."""
-    from .onnx_file import OnnxPredictor, is_onnx
-
-    return OnnxPredictor(path, threads=threads) if is_onnx(path) else TorchPredictor(path, threads=threads)
+    """The name `densa predict` and `densa serve` know load by."""
+    return load(path, threads)
 
 
 def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
@@ -70,7 +59,7 @@ def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tup
     from .images import prepare
 
     pixels = prepare(data, predictor.preprocess, name)
-    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
+    probs = predictor.predict_proba(pixels[None])[0]
     return result(predictor, probs, top_k), pixels
 
 
@@ -109,7 +98,7 @@ def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
                 error = f"{path}: {e.strerror or e}"
         entries.append((path, pixels, None if error is None else " ".join(error.split())))
     ok = [pixels for _, pixels, error in entries if error is None]
-    probs = iter(predictor.predict_proba(np.stack(ok).astype(np.float32) / 255) if ok else [])
+    probs = iter(predictor.predict_proba(np.stack(ok)) if ok else [])
     return [
         (path, None, None, error) if error else (path, result(predictor, next(probs), top_k), pixels, None)
         for path, pixels, error in entries
