@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ACTIVATIONS, ModelConfig
+from .config import ACTIVATIONS, MODEL_RULES, ModelConfig
 from .errors import DensaError
 
 MONOTONE = {"relu", "tanh"}  # non-decreasing: act(max(x)) == max(act(x))
@@ -116,10 +116,9 @@ class CNN(nn.Module):
 
 
 def check_layer_options(activation: str, dropout: float) -> None:
-    if activation not in ACTIVATIONS:
-        raise DensaError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
-    if not 0 <= dropout < 1:
-        raise DensaError(f"dropout must be a probability in [0, 1), got {dropout}")
+    """The layer options by the same rules a ModelConfig is checked with (config.MODEL_RULES)."""
+    for name, value in (("activation", activation), ("dropout", dropout)):
+        MODEL_RULES[name].check(name, value)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
