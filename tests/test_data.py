@@ -190,10 +190,15 @@ def test_real_mnist_known_facts(real_mnist):
 
 
 def test_write_atomic_leaves_a_normal_file_or_nothing(tmp_path):
-    data.write_atomic(tmp_path / "a" / "f.txt", "hello")
+    from densa.core import _io
+
+    _io.write_atomic(tmp_path / "a" / "f.txt", "hello")
     assert (tmp_path / "a" / "f.txt").read_text() == "hello"
-    assert stat.S_IMODE((tmp_path / "a" / "f.txt").stat().st_mode) == 0o666 & ~data._UMASK
-    with pytest.raises(ZeroDivisionError), data.atomic_path(tmp_path / "a" / "g.bin") as tmp:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert _io._umask() == mask  # read without changing it
+    assert stat.S_IMODE((tmp_path / "a" / "f.txt").stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(ZeroDivisionError), _io.atomic_path(tmp_path / "a" / "g.bin") as tmp:
         tmp.write_bytes(b"half")
         raise ZeroDivisionError
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.txt"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core._io import write_atomic
 from ..core.checkpoint import RUN_FILES
-from ..core.data import write_atomic
 from ..core.errors import DensaError
 from ..core.extras import require
 from .page import page_html

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ._io import write_atomic
 from .config import ModelConfig
-from .data import write_atomic
 from .metadata import META_KEYS, MetadataError, check_meta, check_state, refuse
 from .models import build_model
 
@@ -126,7 +126,7 @@ def meta_for(model: nn.Module, dataset=None, train=None, metrics: dict | None = 
     return build_meta(config, dataset_meta(spec), train, metrics)
 
 
-def resolve(path: str | os.PathLike, name: str = "model.safetensors") -> Path:
+def model_file(path: str | os.PathLike, name: str = "model.safetensors") -> Path:
     """A run folder -> its model.safetensors; a file -> itself; with clear errors for anything else."""
     path = Path(path)
     if not path.exists():
@@ -146,7 +146,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The decoded metadata of a densa checkpoint, without loading weights."""
     from safetensors import safe_open
 
-    file = resolve(path)
+    file = model_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
             raw = fh.metadata() or {}
@@ -201,7 +201,7 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    file = resolve(path)
+    file = model_file(path)
     meta = read_meta(file)
     config = ModelConfig.from_dict(meta["model"])
     with safe_open(str(file), framework="pt") as fh:

@@ -8,7 +8,6 @@ install), and finally downloads it into the cache. Every file is checked against
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import http.client
@@ -25,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._io import write_atomic
 from .errors import DensaError
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"),)
@@ -254,60 +254,6 @@ def gunzip(path: Path, size: int, raw: bytes | None = None, hint: str = "") -> b
             return read_bounded(src, size)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a complete gzip file ({e}){'; ' + hint if hint else ''}") from None
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-# errno -> what to do, for the write failures a user can fix (full disk, read-only or foreign folder)
-_WRITE_HINTS = {
-    errno.ENOSPC: "the disk is full; free some space or choose another folder",
-    errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
-    errno.EROFS: "the file system is read-only; choose a writable folder",
-    errno.EACCES: "permission denied; choose a folder you can write to",
-    errno.EPERM: "permission denied; choose a folder you can write to",
-}
-
-
-class WriteError(DensaError):
-    """A file could not be written (full disk, read-only or foreign folder); nothing was replaced."""
-
-    def __init__(self, path: Path, err: OSError):
-        hint = _WRITE_HINTS.get(err.errno, "check the folder and try again")
-        super().__init__(f"cannot write {path}: {err.strerror or err}; {hint}")
-        self.path, self.errno = path, err.errno
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temp path beside `path`; when the block succeeds it replaces `path` in one rename.
-
-    Readers never see half a file, and a failure leaves nothing behind (the old `path`, if any, is
-    untouched). The file gets the mode of any new file (0666 minus the umask), not mkstemp's private 0600.
-    An OSError in the block or in the rename is raised as WriteError naming `path`, not the temp file.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise WriteError(path, e) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_atomic(path: Path, data: bytes | bytearray | memoryview | str) -> None:
-    """Write `data` to `path` atomically (see atomic_path), flushed to the disk before the rename."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _fix_hint(spec: DatasetSpec, label: str) -> str:

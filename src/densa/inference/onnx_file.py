@@ -224,7 +224,7 @@ def export_onnx(
     except onnx.checker.ValidationError as e:
         raise OnnxError(f"the exported graph fails onnx's checker: {str(e).splitlines()[0]}") from None
 
-    from ..core.data import write_atomic
+    from ..core._io import write_atomic
 
     data = proto.SerializeToString()
     write_atomic(out, data)

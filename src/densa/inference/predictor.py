@@ -107,7 +107,7 @@ def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
 
 def save_inputs(folder: str | os.PathLike, items: list[tuple[str, np.ndarray]]) -> None:
     """Write each (name, uint8 28x28) as FOLDER/<stem>.28x28.png, atomically; repeated stems get -2, -3."""
-    from ..core.data import write_atomic
+    from ..core._io import write_atomic
     from .images import to_png
 
     used: set[str] = set()

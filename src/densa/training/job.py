@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..core._io import WriteError, write_atomic
 from ..core.checkpoint import RUN_FILES
 from ..core.config import ModelConfig, TrainConfig
-from ..core.data import WriteError, write_atomic
 from ..core.errors import DensaError
 from .distributed import LocalGroup, error_of
 from .loop import Interrupted, NonFiniteLoss, check_early_stop, epoch_line, holdout, train

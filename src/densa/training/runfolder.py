@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..core._io import WriteError
 from ..core.checkpoint import RUN_FILES
-from ..core.data import WriteError
 from ..core.errors import DensaError
 
 LOCK_FILE = ".densa-run.lock"
