@@ -132,6 +132,7 @@ def self_check(predictor) -> None:
     the wrong length) refuses to start with one line instead of failing every request."""
     import numpy as np
 
+    from ..core.evaluate import scale_images
     from ..inference.images import prepare, to_png
     from ..inference.predictor import result
 
@@ -140,7 +141,7 @@ def self_check(predictor) -> None:
     x[5:23, 12:16] = 255  # a "1"
     try:
         pixels = prepare(to_png(x), predictor.preprocess, "self-check")
-        probs = np.asarray(predictor.predict_proba(pixels[None].astype(np.float32) / 255))
+        probs = np.asarray(predictor.predict_proba(scale_images(pixels[None])))
         n = len(predictor.classes)
         if probs.shape != (1, n):
             raise DensaError(f"the model gives {probs.shape[-1]} probabilities for {n} class names")

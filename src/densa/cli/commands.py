@@ -217,10 +217,9 @@ def cmd_predict(args) -> int:
 
 
 def _predict_test_index(args) -> int:
-    import numpy as np
 
     from ..core.data import load_dataset
-    from ..core.evaluate import format_prediction
+    from ..core.evaluate import format_prediction, scale_images
     from ..inference.predictor import open_predictor, result
 
     predictor = open_predictor(args.run)
@@ -231,7 +230,7 @@ def _predict_test_index(args) -> int:
             f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
         )
     pixels = ds.test_images[i].numpy()
-    probs = predictor.predict_proba(pixels[None].astype(np.float32) / 255)[0]
+    probs = predictor.predict_proba(scale_images(pixels[None]))[0]
     label = int(ds.test_labels[i])
     if args.save_input:
         from ..inference.predictor import save_inputs

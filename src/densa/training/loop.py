@@ -21,6 +21,7 @@ from torch import nn
 
 from ..core.config import TrainConfig
 from ..core.errors import DensaError
+from ..core.evaluate import scale_images
 from .distributed import LocalGroup
 
 
@@ -320,7 +321,7 @@ def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if s.config.flip:
         xb = random_flip(xb.reshape(-1, 28, 28), s.g)
     xb, idx = s.ranks.part(xb), s.ranks.part(idx)  # augmentation was drawn for the whole batch
-    return xb.float().div_(255), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
+    return scale_images(xb), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
