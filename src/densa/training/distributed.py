@@ -250,20 +250,20 @@ class Group:
             dist.broadcast(t, src=0)
 
     def evaluate(self, model, images, labels) -> dict:
-        """densa.evaluate over all images: each rank evaluates its shard, the sums are all-reduced."""
+        """densa.evaluate over all images: each rank scores its shard, the parts are all-reduced."""
         import torch
         import torch.distributed as dist
 
-        from ..core.evaluate import evaluate
+        from ..core.evaluate import evaluate_parts, summarize
 
         self.sync_buffers(model)
-        x, y = self.part(images), self.part(labels)
-        r = evaluate(model, x, y) if len(x) else {"loss": 0.0, "correct": 0, "n": 0}
-        t = torch.tensor([r["loss"] * r["n"], r["correct"], r["n"]], dtype=torch.float64, device=self.device)
+        parts = evaluate_parts(model, self.part(images), self.part(labels))
+        t = torch.tensor(
+            [parts["loss_sum"], parts["correct"], parts["n"]], dtype=torch.float64, device=self.device
+        )
         dist.all_reduce(t)
         loss_sum, correct, n = t.tolist()
-        n, correct = int(n), int(correct)
-        return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "correct": correct, "n": n}
+        return summarize({"loss_sum": loss_sum, "correct": correct, "n": n})
 
     def check_weights(self, model, epoch: int) -> None:
         """The replicas must hold identical weights after every epoch; compared by sha256 on all ranks."""
