@@ -162,24 +162,14 @@ def _load_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from ..core.metrics import assess, assess_logits, format_confusion, format_table
+    from ..core.metrics import assess_logits, format_confusion, format_table
     from ..inference.model import load_split
-    from ..inference.onnx_file import is_onnx
+    from ..inference.predictor import load
 
-    if is_onnx(args.run):
-        from ..inference.onnx_file import OnnxPredictor
-
-        model = OnnxPredictor(args.run)
-        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
-        r = assess_logits(model.logits(images.numpy()), labels.numpy(), ds.classes)
-        kind = f"{model.meta['model'].get('model', 'model')} via onnxruntime"
-    else:
-        from ..core.checkpoint import load
-
-        model = load(args.run)
-        ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
-        r = assess(model.model, images, labels, ds.classes)
-        kind = model.config.model
+    model = load(args.run)  # the same object, and the same scoring, for .safetensors and .onnx
+    ds, images, labels = load_split(model, args.dataset, args.split, args.data_dir)
+    r = assess_logits(model.logits(images), labels.numpy(), ds.classes)
+    kind = model.meta["model"].get("model", "model") + (" via onnxruntime" if model.module is None else "")
     for key in ("probs", "preds", "labels"):
         del r[key]
     if args.json:
