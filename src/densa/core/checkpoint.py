@@ -21,7 +21,7 @@ from torch import nn
 from .._version import __version__
 from ._io import write_atomic
 from .config import ModelConfig
-from .metadata import META_KEYS, MetadataError, check_meta, check_state, refuse
+from .metadata import META_KEYS, Described, MetadataError, check_meta, check_state, refuse
 from .models import build_model
 
 FORMAT = "densa.checkpoint.v1"
@@ -32,22 +32,10 @@ class CheckpointError(MetadataError):
 
 
 @dataclass
-class Checkpoint:
+class Checkpoint(Described):
     model: nn.Module
-    meta: dict  # the decoded metadata: one dict per key of META_KEYS
+    meta: dict
     path: Path
-
-    @property
-    def config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.meta["model"])
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["dataset"]["classes"])
-
-    @property
-    def dataset(self) -> str:
-        return self.meta["dataset"]["name"]
 
 
 def dataset_meta(spec) -> dict:

@@ -139,3 +139,25 @@ def check_state(state, file) -> tuple[ModelConfig, TrainConfig]:
         what = f"at most train_config.epochs ({config.epochs}), with one history record per epoch"
         raise refuse(file, "epoch", what, shown=f"{state['epoch']}, {len(state['history'])} records")
     return model_config, config
+
+
+class Described:
+    """What a model file's metadata (`.meta`) says about it, for core.checkpoint.Checkpoint and
+    inference's TrainedModel alike (no torch needed: ONNX files use it too)."""
+
+    meta: dict  # the decoded metadata: one dict per key of META_KEYS
+
+    @property
+    def config(self) -> ModelConfig:
+        """The ModelConfig the metadata describes."""
+        return ModelConfig.from_dict(self.meta["model"])
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in the order of the model's outputs."""
+        return list(self.meta["dataset"]["classes"])
+
+    @property
+    def dataset(self) -> str:
+        """The name of the dataset the model was trained on."""
+        return self.meta["dataset"]["name"]

@@ -22,9 +22,10 @@ import numpy as np
 
 from ..core.errors import DensaError
 from ..core.evaluate import scale_images, score, softmax
+from ..core.metadata import Described
 
 
-class TrainedModel:
+class TrainedModel(Described):
     """A trained model and what its file says about it.
 
     .meta (the metadata: model, dataset, input, train, metrics, versions), .classes (names in column
@@ -38,24 +39,8 @@ class TrainedModel:
         self.module = module
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.meta["dataset"]["classes"])
-
-    @property
-    def dataset(self) -> str:
-        """The name of the dataset the model was trained on."""
-        return self.meta["dataset"]["name"]
-
-    @property
     def preprocess(self) -> str:
         return self.meta["dataset"]["preprocess"]  # checked, and filled in, when the file was read
-
-    @property
-    def config(self):
-        """The ModelConfig the metadata describes."""
-        from ..core.config import ModelConfig
-
-        return ModelConfig.from_dict(self.meta["model"])
 
     @property
     def model(self):
