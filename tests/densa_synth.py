@@ -34,6 +34,17 @@ from densa.cli import main  # noqa: E402
 HOLD_DEADLINE = 600  # seconds a held process waits for its test before giving up (a safety net only)
 
 
+def wait_for_files(proc, *paths: Path, timeout: float = 600) -> None:
+    """The test's side of the hold: until every path exists (e.g. HOLD_DIR/held-0) while `proc` lives.
+
+    The deadline is a safety net for a hung child, never part of the logic."""
+    end = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{[str(p) for p in paths]} did not all appear within {timeout}s"
+        time.sleep(0.01)
+
+
 def install_hook() -> None:
     import importlib
 

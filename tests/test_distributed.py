@@ -13,11 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from densa_synth import wait_for_files
 from safetensors.torch import load_file
 
 import densa
@@ -147,15 +147,6 @@ def test_a_rank_without_torchrun_environment_is_one_line(synth, tmp_path, capsys
     assert err.count("\n") == 1 and "rank 1 could not join the other 1 ranks" in err
 
 
-def wait_for(proc: subprocess.Popen, *paths: Path, timeout: float = 600) -> None:
-    """Until every path exists; the deadline is a safety net for a hung child, never part of the logic."""
-    end = time.monotonic() + timeout
-    while not all(p.exists() for p in paths):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{paths} did not all appear within {timeout}s"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
     tmp_path, monkeypatch, capsys, restore_threads
@@ -184,9 +175,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_continues(
     env = {**os.environ, "DENSA_TEST_HOLD_STEP": "265", "DENSA_TEST_HOLD_DIR": str(hold)}
     proc = densa_synth(root, "train", *recipe, "--nproc", "2", "--out", str(run), env=env)
     try:
-        wait_for(proc, hold / "held-0", hold / "held-1")  # epoch 1 is saved, both ranks are in epoch 2
+        wait_for_files(proc, hold / "held-0", hold / "held-1")  # epoch 1 is saved, both ranks are in epoch 2
         proc.send_signal(signal.SIGINT)  # to the launcher, as Ctrl-C would; torchrun passes it on
-        wait_for(proc, hold / "sigint-0", hold / "sigint-1")
+        wait_for_files(proc, hold / "sigint-0", hold / "sigint-1")
         (hold / "release").touch()
         stdout, stderr = proc.communicate(timeout=600)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from densa_synth import wait_for_files
 from safetensors.torch import load_file
 from synthetic import write_dataset
 
@@ -46,15 +47,6 @@ def start(root: Path, out: Path, hold: Path, step_sleep: float = 0.0) -> subproc
     env = {**os.environ, "DENSA_TEST_HOLD_STEP": str(HOLD), "DENSA_TEST_HOLD_DIR": str(hold)}
     env["DENSA_TEST_STEP_SLEEP"] = str(step_sleep)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
-    """Until `path` exists; the deadline is a safety net for a hung child, never part of the logic."""
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} did not appear within {timeout}s"
-        time.sleep(0.01)
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -95,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(big_synth, tmp_path, cap
     hold.mkdir()
     proc = start(big_synth, killed, hold, step_sleep)
     try:
-        wait_for(hold / "held-0", proc)  # epoch 1 is saved; epoch 2 stands before step 41
+        wait_for_files(proc, hold / "held-0")  # epoch 1 is saved; epoch 2 stands before step 41
         time.sleep(wait)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -128,10 +120,10 @@ def test_ctrl_c_saves_mid_epoch_and_says_how_to_resume(big_synth, tmp_path, caps
     hold.mkdir()
     proc = start(big_synth, stopped, hold, step_sleep)
     try:
-        wait_for(hold / "held-0", proc)
+        wait_for_files(proc, hold / "held-0")
         time.sleep(wait)
         proc.send_signal(signal.SIGINT)
-        wait_for(hold / "sigint-0", proc)  # densa's handler has run: the loop will stop after this step
+        wait_for_files(proc, hold / "sigint-0")  # densa's handler has run: the loop will stop after this step
         (hold / "release").touch()
         _, err = proc.communicate(timeout=600)
     finally:

@@ -13,11 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from densa_synth import wait_for_files
 
 from densa.cli import main
 from densa.core import data
@@ -45,15 +45,6 @@ def child(root: Path, *args: str, **env: str) -> subprocess.Popen:
     )
 
 
-def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
-    """Until `path` exists (the deadline is a safety net for a hung child, not part of the logic)."""
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} did not appear within {timeout}s"
-        time.sleep(0.01)
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -64,7 +55,7 @@ def test_a_second_run_into_a_held_folder_is_refused_and_touches_nothing(synth, t
     first = child(root, *FLAGS, "--epochs", "2", "--seed", "0", "--out", str(run),
                   DENSA_TEST_HOLD_STEP="10", DENSA_TEST_HOLD_DIR=str(hold))  # fmt: skip
     try:
-        wait_for(first, hold / "held-0")  # epoch 2 of the first run is under way (8 steps an epoch)
+        wait_for_files(first, hold / "held-0")  # epoch 2 of the first run is under way (8 steps an epoch)
         before = snapshot(run)
         err = one_line_error(capsys, [*FLAGS, "--seed", "1", "--out", str(run)], f"{run} is in use")
         assert f"pid {first.pid} on " in err and "choose another folder" in err
@@ -87,7 +78,7 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(synth, tmp_path, capsys)
     hold.mkdir()
     proc = child(root, *FLAGS, "--out", str(run), DENSA_TEST_HOLD_STEP="3", DENSA_TEST_HOLD_DIR=str(hold))
     try:
-        wait_for(proc, hold / "held-0")
+        wait_for_files(proc, hold / "held-0")
         assert (run / ".densa-run.lock").exists()
         proc.send_signal(signal.SIGKILL)
     finally:
