@@ -19,7 +19,9 @@ EXTERNAL = re.compile(r"^\s*(https?:)?//", re.I)
 RESOURCE_TAGS = {"script", "link", "img", "iframe", "source", "video", "audio", "embed", "object", "track"}
 RESOURCE_ATTRS = {"src", "href", "srcset", "data", "poster"}
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+['"]([^'"]+)""", re.I)
-JS_IMPORT = re.compile(r"""\bimport\b[^'"]*?['"]((?:https?:)?//[^'"]+)['"]|\bimport\(\s*['"]((?:https?:)?//[^'"]+)""")
+JS_IMPORT = re.compile(  # `import x from "URL"` and `import("URL")` in a module script
+    r"""\bimport\b[^'"]*?['"]((?:https?:)?//[^'"]+)['"]|\bimport\(\s*['"]((?:https?:)?//[^'"]+)"""
+)
 
 
 def css_urls(css: str) -> list[str]:

@@ -6,7 +6,7 @@
   that mkdocs-jupyter executes them in, so their runs/ never land in the checkout. With
   DENSA_DOCS_EXECUTED=DIR, already executed copies of the same code (DIR/tutorial_<lang>.ipynb, e.g. the
   ones tests/test_notebooks.py writes to test-artifacts/notebooks/) are shown instead of running them again;
-- learned/example-report/: `densa train --report` on a short real run (2 epochs of the seed recipe with a
+- learned/example-report/: `densa train --report` on a short real run (3 epochs of the seed recipe with a
   validation split), so the report's figures on the site are those the current code draws;
 - notebook pages: nbconvert's MathJax and mermaid <script>s are removed (the notebooks have neither math
   nor diagrams, and the site loads nothing from the network; tools/check_offline.py checks that).
@@ -30,7 +30,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ("es", "en")
-REPORT_RUN = ["train", "--epochs", "2", "--val-split", "0.1", "--seed", "0", "--report"]
+REPORT_RUN = ["train", "--epochs", "3", "--val-split", "0.1", "--seed", "0", "--report"]
 EXECUTED_DIR = "executed"  # mkdocs.yml's execute_ignore names this folder: its notebooks already ran
 
 _scratch: tempfile.TemporaryDirectory | None = None
@@ -65,8 +65,19 @@ def cli_reference() -> str:
     """One section per subcommand: its one-line summary, then its --help exactly as `densa` prints it."""
     from densa.cli import build_parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width; fix it for the page
     parser = build_parser()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"  # argparse wraps help to the terminal's width: the page's code width
+    try:
+        return "\n".join(cli_sections(parser))
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+
+
+def cli_sections(parser: argparse.ArgumentParser) -> list[str]:
     out = [
         "# Command line reference\n",
         "Generated from `densa`'s own argument parser when this site was built: each section is what "
@@ -78,7 +89,7 @@ def cli_reference() -> str:
         if summary:
             out.append(summary[0].upper() + summary[1:] + ".\n")
         out.append("```text\n" + sub.format_help().rstrip() + "\n```\n")
-    return "\n".join(out)
+    return out
 
 
 def subcommands(parser: argparse.ArgumentParser):
@@ -164,9 +175,8 @@ _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", flags=re.S)
 def _offline(script: re.Match) -> str:
     """Drop MathJax's loader (an empty or CDN src) and config, and the module that imports mermaid."""
     tag = script.group(0)
-    if re.match(r'<script src="(https?://[^"]*)?">', tag) or "text/x-mathjax-config" in tag or "mermaid" in tag:
-        return ""
-    return tag
+    mathjax = re.match(r'<script src="(https?://[^"]*)?">', tag) or "text/x-mathjax-config" in tag
+    return "" if mathjax or "mermaid" in tag else tag
 
 
 def on_page_content(html, page, config, files):
