@@ -46,6 +46,10 @@ def on_post_build(config):
         _scratch.cleanup()
 
 
+def on_build_error(error):
+    on_post_build(None)
+
+
 @event_priority(100)  # before mkdocs-jupyter's on_files, which claims the .ipynb files it is given
 def on_files(files, config):
     scratch = Path(_scratch.name)
