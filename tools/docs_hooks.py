@@ -8,6 +8,7 @@
   ones tests/test_notebooks.py writes to test-artifacts/notebooks/) are shown instead of running them again;
 - learned/example-report/: `densa train --report` on a short real run (3 epochs of the seed recipe with a
   validation split), so the report's figures on the site are those the current code draws;
+- mkdocs-jupyter's cache of executed notebooks is kept per version of densa's source;
 - notebook pages: nbconvert's MathJax and mermaid <script>s are removed (the notebooks have neither math
   nor diagrams, and the site loads nothing from the network; tools/check_offline.py checks that).
 """
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -34,6 +36,18 @@ REPORT_RUN = ["train", "--epochs", "3", "--val-split", "0.1", "--seed", "0", "--
 EXECUTED_DIR = "executed"  # mkdocs.yml's execute_ignore names this folder: its notebooks already ran
 
 _scratch: tempfile.TemporaryDirectory | None = None
+
+
+def on_config(config):
+    """mkdocs-jupyter caches a rendered notebook by the notebook's own bytes; key its cache folder by
+    densa's source as well, so a change to the package runs the notebooks again."""
+    jupyter = config.plugins["mkdocs-jupyter"].config
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "densa").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    jupyter["cache_dir"] = str(Path(jupyter["cache_dir"]) / digest.hexdigest()[:16])
+    return config
 
 
 def on_pre_build(config):
