@@ -64,11 +64,11 @@ def form_file(body: bytes, content_type: str) -> tuple[bytes, str]:
 
     The body is already in memory and at most max_body bytes, so the parts are found by slicing it: no
     temporary files, no copies beyond the file's own bytes. The part named "file" or "image" is taken,
-    else the first part that carries a filename; a body that is not well-formed multipart is a 400."""
+    else the first part that carries a filename; a body that is not well-formed multipart is a 422."""
     m = BOUNDARY.search(content_type)
     if not m:
         raise RequestError(
-            400,
+            422,
             "bad_multipart",
             "multipart/form-data without a boundary: let the client set the Content-Type",
         )
@@ -76,7 +76,7 @@ def form_file(body: bytes, content_type: str) -> tuple[bytes, str]:
     chunks = body.split(delimiter)
     if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
         raise RequestError(
-            400,
+            422,
             "bad_multipart",
             "the multipart/form-data body is cut short or malformed (no closing boundary)",
         )
@@ -84,7 +84,7 @@ def form_file(body: bytes, content_type: str) -> tuple[bytes, str]:
     for chunk in chunks[1:-1]:
         head, sep, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
         if not sep or not data.endswith(b"\r\n"):
-            raise RequestError(400, "bad_multipart", "a part of the multipart/form-data body is malformed")
+            raise RequestError(422, "bad_multipart", "a part of the multipart/form-data body is malformed")
         headers = dict(
             (k.strip().lower(), v.strip())
             for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
@@ -445,10 +445,8 @@ async def read_body(request, max_body: int, timeout: float) -> bytes:
     import anyio
 
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
-        raise RequestError(400, "bad_request", f"Content-Length {declared[:20]!r} is not a number of bytes")
-    if declared is not None and int(declared) > max_body:
-        raise too_large(int(declared), max_body)
+    if declared is not None and (not declared.isdigit() or int(declared) > max_body):
+        raise too_large(int(declared) if declared.isdigit() else None, max_body)
     chunks, size = [], 0
     with anyio.fail_after(timeout):
         async for chunk in request.stream():

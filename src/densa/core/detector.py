@@ -30,6 +30,8 @@ CALIBRATE_IMAGES = (
 SHRINK = 1e-3  # ridge added to the covariance's diagonal, as a share of its mean variance
 UNSURE = 0.5  # an answer needs at least this probability; below it the model is "not sure"
 MAX_FEATURES = 65536
+PARTS = ("mahalanobis", "residual", "shape")
+ARRAYS = ("means", "precision", "pixel_mean", "components", "shape_mean", "shape_precision")
 
 
 class DetectorError(DensaError):
@@ -73,7 +75,9 @@ class Detector:
         z = np.asarray(pixels, dtype=np.float64).reshape(len(f), -1) - self.arrays["pixel_mean"]
         v = self.arrays["components"].astype(np.float64)
         r = z - (z @ v.T) @ v
-        return {"mahalanobis": np.maximum(d2.min(1), 0), "residual": (r * r).sum(1)}
+        s = shape_stats(pixels) - self.arrays["shape_mean"]
+        shape = ((s @ self.arrays["shape_precision"].astype(np.float64)) * s).sum(1)
+        return {"mahalanobis": np.maximum(d2.min(1), 0), "residual": (r * r).sum(1), "shape": shape}
 
     def raw(self, features, pixels) -> np.ndarray:
         """The larger of the parts, each scaled to (score - median) / spread of the fitting digits."""
@@ -110,8 +114,8 @@ class Detector:
         try:
             d = json.loads(text)
             ok = isinstance(d, dict) and d.get("format") == FORMAT
-            arrays = {k: _array(d["arrays"][k]) for k in ("means", "precision", "pixel_mean", "components")}
-            scales = {k: d["scales"][k] for k in ("mahalanobis", "residual")}
+            arrays = {k: _array(d["arrays"][k]) for k in ARRAYS}
+            scales = {k: d["scales"][k] for k in PARTS}
             threshold = d["threshold"]
         except (ValueError, KeyError, TypeError) as e:
             raise DetectorError(
@@ -121,6 +125,7 @@ class Detector:
         ok = ok and 0 < dim <= MAX_FEATURES and arrays["precision"].shape == (dim, dim)
         ok = ok and arrays["pixel_mean"].shape == (784,) and arrays["components"].ndim == 2
         ok = ok and arrays["components"].shape[1] == 784 and arrays["components"].shape[0] <= 784
+        ok = ok and arrays["shape_mean"].shape == (6,) and arrays["shape_precision"].shape == (6, 6)
         ok = ok and (features is None or dim == features) and (classes is None or k == classes)
         ok = ok and all(np.isfinite(a).all() for a in arrays.values())
         ok = ok and all(_pair(v) for v in scales.values()) and _finite(threshold) and threshold > 0
@@ -130,6 +135,29 @@ class Detector:
                 "damaged: retrain or export it again"
             )
         return cls(arrays, scales, threshold, d.get("info") if isinstance(d.get("info"), dict) else {})
+
+
+def shape_stats(pixels: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) in [0, 1] -> (N, 6) float64: ink mass, the ink's height and width, how much of its
+    box it fills, and its spread along rows and columns. A line, a dot or a smudge is unlike any digit
+    in these long before its pixels are."""
+    x = np.asarray(pixels, dtype=np.float64).reshape(-1, 28, 28)
+    mass = x.sum((1, 2)) + 1e-6
+    on = x > 0.25
+    rows, cols = on.any(2), on.any(1)
+    idx = np.arange(28)
+
+    def extent(m):
+        first, last = m.argmax(1), 27 - m[:, ::-1].argmax(1)
+        return np.where(m.any(1), last - first + 1, 0)
+
+    h, w = extent(rows), extent(cols)
+    r = x.sum(2) @ idx / mass
+    c = x.sum(1) @ idx / mass
+    sr = np.sqrt(np.maximum(x.sum(2) @ idx**2 / mass - r**2, 0))
+    sc = np.sqrt(np.maximum(x.sum(1) @ idx**2 / mass - c**2, 0))
+    fill = mass / np.maximum(h * w, 1)
+    return np.stack([np.log(mass), h, w, fill, sr, sc], axis=1)
 
 
 def _array(entry) -> np.ndarray:
@@ -182,8 +210,20 @@ def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, cl
     precision = np.linalg.inv(cov)
     x = pixels.reshape(len(pixels), -1).astype(np.float64)
     pixel_mean = x.mean(0)
-    _, _, vt = np.linalg.svd(x - pixel_mean, full_matrices=False)
-    return {"means": means, "precision": precision, "pixel_mean": pixel_mean, "components": vt[:COMPONENTS]}
+    _, vectors = np.linalg.eigh((x - pixel_mean).T @ (x - pixel_mean))  # ascending eigenvalues
+    vt = vectors[:, ::-1].T
+    stats = shape_stats(pixels)
+    shape_mean = stats.mean(0)
+    shape_cov = np.cov(stats - shape_mean, rowvar=False)
+    shape_cov[np.diag_indices(6)] += 1e-3 * np.diag(shape_cov).mean() + 1e-9
+    return {
+        "means": means,
+        "precision": precision,
+        "pixel_mean": pixel_mean,
+        "components": vt[:COMPONENTS],
+        "shape_mean": shape_mean,
+        "shape_precision": np.linalg.inv(shape_cov),
+    }
 
 
 def fit(model, images, labels, calibration=None, seed: int = 0) -> Detector:
@@ -203,7 +243,7 @@ def fit(model, images, labels, calibration=None, seed: int = 0) -> Detector:
     pixels = np.asarray(torch.as_tensor(images)[torch.as_tensor(fit_idx)].cpu())
     feats, logits = features_and_logits(model, pixels)
     stats = fit_statistics(feats, labels[fit_idx], pixels / 255.0, logits.shape[1])
-    probe = Detector(stats, {"mahalanobis": (0, 1), "residual": (0, 1)}, 1.0)
+    probe = Detector(stats, dict.fromkeys(PARTS, (0, 1)), 1.0)
     parts = probe.parts(feats, pixels / 255.0)
     scales = {
         k: (float(np.median(v)), float(np.quantile(v, 0.99) - np.median(v)) or 1.0) for k, v in parts.items()

@@ -75,14 +75,11 @@ def decide(probs: np.ndarray, scores: np.ndarray | None, classes, dataset: str =
         det = None if scores is None else float(scores[i])
         guess = f"best guess {classes[k]}, {p:.0%}"
         if det is not None and det > 1:
-            status, reason = "unknown", f"that doesn't look like {thing} ({guess})"
+            status, reason = "unknown", f"that doesn't look like {thing} — {guess}"
         elif p < UNSURE:
-            status, reason = (
-                "not_sure",
-                f"it could be several things: no class reaches {UNSURE:.0%} ({guess})",
-            )
+            status, reason = "not_sure", f"not sure: it could be more than one thing — {guess}"
         else:
-            status, reason = "answer", f"{classes[k]} ({p:.0%})"
+            status, reason = "answer", f"{classes[k]}, {p:.0%}"
         label = {"answer": str(classes[k]), "not_sure": "not sure", "unknown": f"not {thing}"}[status]
         out.append(
             Decision(
