@@ -138,3 +138,24 @@ def png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_the_cnn_preset_gets_a_detector_and_its_export_agrees(tmp_path):
+    from synthetic import write_dataset
+
+    from densa.core import data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(data.DATASETS, "synth", write_dataset(tmp_path / "data", "synth"))
+        mp.setenv("DENSA_DATA_DIR", str(tmp_path / "data"))
+        run, out = tmp_path / "cnn", tmp_path / "cnn.onnx"
+        argv = ["train", "--dataset", "synth", "--preset", "cnn", "--epochs", "1", "--out", str(run)]
+        assert main(argv) == 0
+        assert main(["export", str(run), "--onnx", str(out)]) == 0
+        images = data.load_dataset("synth").test_images.numpy()[:100]
+    torch_model, onnx_model = densa.load(run), densa.load(out)
+    assert torch_model.config.model == "cnn" and torch_model.detector.arrays["means"].shape == (10, 128)
+    x = np.concatenate([images, np.stack(list(strangers().values()))])
+    a, b = torch_model.decide(x), onnx_model.decide(x)
+    assert [d.status for d in a] == [d.status for d in b] and a[-1].status == "unknown"
+    assert np.allclose([d.score for d in a], [d.score for d in b], rtol=1e-4, atol=1e-4)

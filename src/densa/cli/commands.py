@@ -290,7 +290,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..inference.onnx_file import INPUT, OUTPUTS, TOLERANCE, export_run
+    from ..inference.onnx_file import FEATURES, INPUT, OUTPUTS, TOLERANCE, export_run
 
     r = export_run(args.run, args.onnx, force=args.force)
     print(
@@ -305,6 +305,15 @@ def cmd_export(args) -> int:
         f"input {INPUT!r}: float32 (batch, 28, 28) in [0, 1]; outputs {', '.join(map(repr, OUTPUTS))}: "
         "(batch, classes)"
     )
+    if r["detector"]:
+        print(
+            f"detector: output {FEATURES!r} and the densa.detector metadata (it refuses what is not a digit)"
+        )
+    else:
+        print(
+            f"no detector in {r['source']} (written before densa fitted one): "
+            "the file refuses low confidence only"
+        )
     return 0
 
 

@@ -261,8 +261,8 @@ def fit(model, images, labels, calibration=None, seed: int = 0) -> Detector:
     probe = Detector(stats, scales, 1.0)
     threshold = float(np.quantile(probe.raw(cal_feats, cal / 255.0), QUANTILE))
     info = {
-        "method": "max(mahalanobis of last-layer features, pixel residual outside "
-        f"{COMPONENTS} principal components)",
+        "method": "max(mahalanobis distance of the last layer's input, pixel residual outside "
+        f"{COMPONENTS} principal components, mahalanobis distance of 6 shape statistics)",
         "fitted_on": f"{len(fit_idx)} training images",
         "calibrated_on": f"{len(cal)} {source}",
         "quantile": QUANTILE,

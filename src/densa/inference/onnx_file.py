@@ -246,7 +246,14 @@ def export_onnx(
 
     data = proto.SerializeToString()
     write_atomic(out, data)
-    return {"path": out, "bytes": len(data), "seconds": seconds, "opset": OPSET, "max_abs_diff": diff}
+    return {
+        "path": out,
+        "bytes": len(data),
+        "seconds": seconds,
+        "opset": OPSET,
+        "max_abs_diff": diff,
+        "detector": detector is not None,
+    }
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> dict:
