@@ -1,14 +1,14 @@
 """Knowing when not to answer: a one-class detector of images unlike the digits a model was trained on.
 
-`fit(model, images, labels)` (run by `densa train` after training, on digits from the training split or
-the val split) measures how far each image lies from the training digits, in two ways that fail on
-different inputs: the class-conditional Mahalanobis distance of the features the model's last layer sees
-(shared covariance), and the residual of the 28x28 input outside the digits' principal components. Each
-is scaled by its own spread on the fitting digits and the larger one is the image's score; the threshold
-is a high quantile of the scores of held-out digits (no non-digit is ever seen), so `score(...) > 1`
-means "stranger than QUANTILE of real digits". The arrays travel as base64 float32 in the model file's
-metadata (JSON under "detector"), so .safetensors and .onnx files carry the same detector.
-Imports no torch at module level: the ONNX backend scores with numpy alone.
+`fit_detector(model, images, labels)` (densa.fit_detector; `densa train` runs it after training) measures
+how far an image lies from the training digits in three ways that fail on different inputs: the
+class-conditional Mahalanobis distance (shared covariance) of the features the model's last layer sees,
+the residual of the 28x28 pixels outside the digits' principal components, and the Mahalanobis distance
+of six shape statistics (ink mass, height, width, fill, spread). Each is scaled by its spread on the
+fitting digits and the largest is the image's score; the threshold is the QUANTILE of the scores of
+held-out digits (no non-digit is ever seen), so `score(...) > 1` means "stranger than 99.5% of real
+digits". The arrays travel as base64 float32 in the model file's metadata (JSON under "detector"), so
+.safetensors and .onnx files carry the same detector. No torch at module level: ONNX scores with numpy.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class Detector:
     """Scores images by how unlike the training digits they are; > 1 is beyond the calibrated threshold.
 
     .arrays: "means" (classes, d) and "precision" (d, d) of the last layer's input features; "pixel_mean"
-    (784,) and "components" (k, 784) of the digits' pixels. .scales: each part's (median, spread) on the
-    fitting digits. .threshold: QUANTILE of the held-out digits' combined score. .info: what it was
-    fitted on (for people, not for scoring).
+    (784,) and "components" (k, 784) of the digits' pixels; "shape_mean" (6,) and "shape_precision" (6, 6)
+    of their shape_stats. .scales: each part's (median, spread) on the fitting digits. .threshold: the
+    QUANTILE of the held-out digits' combined score. .info: what it was fitted on (for people to read).
     """
 
     def __init__(self, arrays: dict, scales: dict, threshold: float, info: dict | None = None):
@@ -55,15 +55,12 @@ class Detector:
 
     def __repr__(self) -> str:
         d = self.arrays["means"].shape
-        return f"Detector(mahalanobis on {d[1]} features x {d[0]} classes + pixel residual, q={QUANTILE})"
-
-    @property
-    def needs_features(self) -> bool:
-        return True
+        parts = f"{d[1]} features x {d[0]} classes, pixel residual, shape"
+        return f"Detector({parts}; threshold {self.threshold:.3g})"
 
     def parts(self, features: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Each part's raw score: {"mahalanobis": (N,), "residual": (N,)} for (N, d) features and
-        (N, 28, 28) pixels in [0, 1]."""
+        """Each part's raw score, {name in PARTS: (N,)}, for (N, d) features and (N, 28, 28) pixels in
+        [0, 1]."""
         f = np.asarray(features, dtype=np.float64)
         means, precision = (
             self.arrays["means"].astype(np.float64),
@@ -226,7 +223,7 @@ def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, cl
     }
 
 
-def fit(model, images, labels, calibration=None, seed: int = 0) -> Detector:
+def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Detector:
     """Fit the detector for a trained densa MLP or CNN.
 
     `images`, `labels`: training digits (uint8 (N, 28, 28) and (N,)); FIT_IMAGES of them (a fixed random

@@ -218,11 +218,11 @@ class Run:
         """The detector of images unlike the training digits (core.detector): statistics from training
         images, threshold from the val split when there is one. Fitted after training, on the final
         weights; it changes neither them nor anything printed."""
-        from ..core.detector import fit
+        from ..core.detector import fit_detector
 
         t0 = time.perf_counter()
         calibration = None if self.val is None else self.val[0]
-        detector = fit(self.model, self.x, self.y, calibration, seed=self.config.seed)
+        detector = fit_detector(self.model, self.x, self.y, calibration, seed=self.config.seed)
         self.times["detector"] = time.perf_counter() - t0
         return detector
 
