@@ -23,7 +23,7 @@ def running(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
     van Herk / Gil-Werman: two scans in blocks of k, so the cost does not grow with k."""
     if k <= 1:
         return a
-    a = np.moveaxis(a, axis, -1)
+    a = np.ascontiguousarray(np.moveaxis(a, axis, -1))
     n, r = a.shape[-1], k // 2
     extra = -(n + 2 * r) % k
     p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r + extra)], mode="edge")
@@ -50,9 +50,8 @@ def darkness(px: np.ndarray) -> np.ndarray:
     a shadow's edge or corner is then mistaken for ink only within that small distance."""
     h, w = px.shape[:2]
     widest = 2 * (min(h, w) // 8) + 1
-    d = darkness_over(px, widest)
-    k = min(widest, max(9, 2 * round(1.5 * stroke(d)) + 1))
-    return darkness_over(px, k) if k < widest else d
+    k = min(widest, max(9, 2 * round(1.5 * stroke(darkness_over(px.min(axis=2, keepdims=True), widest))) + 1))
+    return darkness_over(px, k)
 
 
 def stroke(d: np.ndarray) -> float:
@@ -107,7 +106,13 @@ def dark_ink(grey: np.ndarray) -> bool:
     small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f).mean(axis=(1, 3))
     r = small - box_mean(small, 2 * (min(small.shape) // 8) + 1)
     darker, lighter = float(np.percentile(-r, 99.9)), float(np.percentile(r, 99.9))
-    return darker >= lighter or lighter < 0.05  # nothing clearly lighter: paper is usually the light side
+    if lighter < 0.05 or darker >= 1.25 * lighter:
+        return True  # nothing clearly lighter (paper is usually the light side), or clearly darker
+    if lighter >= 1.25 * darker:
+        return False
+    # as far either way (paper inside a thick loop): the marks are the side further from most pixels
+    paper = float(np.median(small))
+    return paper - float(small.min()) >= float(small.max()) - paper
 
 
 # --------------------------------------------------------------------------- lines and boxes
@@ -220,7 +225,8 @@ def labels(m: np.ndarray) -> np.ndarray:
 
 def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     """The ink without stray marks: parts (joined across small gaps) with under `share` of the largest
-    part's ink are dropped (a speck of dirt, a corner of a shadow), so they cannot move the crop."""
+    part's ink are dropped (a speck of dirt), so they cannot move the crop; so are parts touching the
+    image's edge (a shadow's corner, the table) when a large enough part lies inside it."""
     f = max(1, max(ink.shape) // 96)
     h, w = -(-ink.shape[0] // f), -(-ink.shape[1] // f)
     p = np.pad(ink, ((0, h * f - ink.shape[0]), (0, w * f - ink.shape[1])))
@@ -232,6 +238,11 @@ def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     totals[0] = 0
     if np.count_nonzero(totals) <= 1:
         return ink
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    inside = totals.copy()
+    inside[edge] = 0
+    if inside.max() >= share * totals.max():
+        totals = inside
     keep = totals >= share * totals.max()
     keep[0] = False
     cells = keep[lab]
