@@ -216,8 +216,7 @@ def ink_on_paper(px: np.ndarray, name: str = "image") -> np.ndarray:
     each pixel (shadows, light falling off, coloured paper), its lines and a box around the digit removed."""
     from . import paper
 
-    grey = px.mean(axis=2)
-    if not dark_on_light(grey, float(np.median(grey))):
+    if not paper.dark_ink(px.mean(axis=2)):
         px = 1 - px
     d = paper.darkness(px)
     level = float(np.median(d))
@@ -231,7 +230,7 @@ def ink_on_paper(px: np.ndarray, name: str = "image") -> np.ndarray:
     floor = max(4 * grain, 0.02)
     ink, removed = paper.remove_lines(d - np.float32(level), floor)
     try:
-        return scaled(ink, floor, None, name)
+        return paper.keep_main(scaled(ink, floor, None, name))
     except NoInk:
         if removed:
             raise NoInk(f"{name}: no digit found: only the paper's lines or a box", reason="lines") from None

@@ -23,7 +23,7 @@ def running(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
     van Herk / Gil-Werman: two scans in blocks of k, so the cost does not grow with k."""
     if k <= 1:
         return a
-    a = np.moveaxis(a, axis, -1)
+    a = np.ascontiguousarray(np.moveaxis(a, axis, -1))
     n, r = a.shape[-1], k // 2
     extra = -(n + 2 * r) % k
     p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r + extra)], mode="edge")
@@ -44,15 +44,75 @@ def closing(a: np.ndarray, k: int) -> np.ndarray:
 
 def darkness(px: np.ndarray) -> np.ndarray:
     """float (H, W, C) in [0, 1], dark ink on lighter paper -> float32 (H, W): how much darker than the
-    paper around it each pixel is (0 = paper, 1 = black), the most in any channel."""
+    paper around it each pixel is (0 = paper, 1 = black), the most in any channel.
+
+    The paper is first estimated over a quarter of the image, then again over about three stroke widths:
+    a shadow's edge or corner is then mistaken for ink only within that small distance."""
     h, w = px.shape[:2]
-    k = 2 * (min(h, w) // 8) + 1  # a quarter of the short side: far wider than a pen stroke
-    out = np.zeros((h, w), np.float32)
+    widest = 2 * (min(h, w) // 8) + 1
+    k = min(widest, max(9, 2 * round(1.5 * stroke(darkness_over(px.min(axis=2, keepdims=True), widest))) + 1))
+    return darkness_over(px, k)
+
+
+def stroke(d: np.ndarray) -> float:
+    """A typical pen stroke's width in pixels: the shorter of the horizontal and vertical run of ink
+    through each pixel above half the strokes' darkness, at its 30th percentile (blobs count less)."""
+    top = float(np.percentile(d, 99.9))
+    if top < 0.1:
+        return 1.0
+    m = d > 0.5 * top
+    across = np.minimum(run_lengths(m), run_lengths(m.T).T)[m]
+    return float(np.percentile(across, 30)) if across.size else 1.0
+
+
+def run_lengths(m: np.ndarray) -> np.ndarray:
+    """For each True pixel, the length of the horizontal run of True it lies in (0 elsewhere)."""
+    h, w = m.shape
+    edges = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    (r0, c0), (r1, c1) = np.nonzero(edges == 1), np.nonzero(edges == -1)  # row-major: paired in order
+    step = np.zeros((h, w + 1), np.int32)
+    step[r0, c0] = c1 - c0
+    step[r1, c1] -= c1 - c0
+    return np.cumsum(step, axis=1)[:, :w] * m
+
+
+def darkness_over(px: np.ndarray, k: int) -> np.ndarray:
+    """darkness() with the paper estimated by a k x k closing."""
+    out = np.zeros(px.shape[:2], np.float32)
     for c in range(px.shape[2]):
         channel = px[..., c]
-        paper = np.maximum(closing(channel, k), 1 / 255)
+        # the closing takes the brightest pixel around: average out the sensor's noise first
+        paper = np.maximum(closing(box_mean(channel, 5).astype(np.float32), k), 1 / 255)
         np.maximum(out, 1 - channel / paper, out=out)
     return np.clip(out, 0, 1)
+
+
+def box_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a centred k x k window (k odd), edges repeated."""
+    r = k // 2
+    for axis in (0, 1):
+        p = np.pad(a, [(r + 1, r) if i == axis else (0, 0) for i in range(2)], mode="edge")
+        c = np.cumsum(p, axis=axis, dtype=np.float64)
+        n = a.shape[axis]
+        a = (np.take(c, np.arange(k, k + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / k
+    return a
+
+
+def dark_ink(grey: np.ndarray) -> bool:
+    """Whether the marks are darker than the paper: they stand out from their surroundings further on one
+    side than on the other (a shadow's edge stands out equally on both sides, so it cannot decide)."""
+    f = max(2, min(grey.shape) // 128)  # averages, so one hot pixel can't decide
+    small = grey[: grey.shape[0] // f * f, : grey.shape[1] // f * f]
+    small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f).mean(axis=(1, 3))
+    r = small - box_mean(small, 2 * (min(small.shape) // 8) + 1)
+    darker, lighter = float(np.percentile(-r, 99.9)), float(np.percentile(r, 99.9))
+    if lighter < 0.05 or darker >= 1.25 * lighter:
+        return True  # nothing clearly lighter (paper is usually the light side), or clearly darker
+    if lighter >= 1.25 * darker:
+        return False
+    # as far either way (paper inside a thick loop): the marks are the side further from most pixels
+    paper = float(np.median(small))
+    return paper - float(small.min()) >= float(small.max()) - paper
 
 
 # --------------------------------------------------------------------------- lines and boxes
@@ -71,18 +131,20 @@ def across(ink: np.ndarray, floor: float, axis: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in bands(cover >= LINE_COVER) if b - a <= thin]
 
 
-def inpaint(ink: np.ndarray, a: int, b: int, axis: int, margin: int = 2) -> None:
-    """Replace rows (axis 0) or columns a..b-1, widened by margin, by a blend of the rows just outside:
-    a line is gone, a stroke crossing it stays whole."""
-    a, b = max(a - margin, 0), min(b + margin, ink.shape[axis])
+def inpaint(ink: np.ndarray, a: int, b: int, axis: int) -> None:
+    """Replace rows (axis 0) or columns a..b-1, widened by a margin, by a blend of the rows just outside:
+    a line is gone, a stroke crossing it stays whole, and ink clearly darker than the line (a stroke
+    running along it) is kept."""
     view = ink if axis == 0 else ink.T
-    before = view[a - 1] if a > 0 else None
-    after = view[b] if b < view.shape[0] else None
-    if before is None or after is None:
-        view[a:b] = 0 if before is None and after is None else (before if after is None else after)
-        return
+    level = float(np.median(view[a:b]))  # the line's own darkness
+    margin = 2 + (b - a) // 2
+    a, b = max(a - margin, 0), min(b + margin, view.shape[0])
+    before = view[a - 1] if a > 0 else np.zeros_like(view[0])
+    after = view[b] if b < view.shape[0] else np.zeros_like(view[0])
     w = (np.arange(a, b, dtype=np.float32) - (a - 1))[:, None] / (b - (a - 1))
-    view[a:b] = (1 - w) * before + w * after
+    blend = (1 - w) * before + w * after
+    band = view[a:b]
+    view[a:b] = np.where(band > max(2 * level, level + 0.25), band - level, blend)
 
 
 def extent(counts: np.ndarray, eps: float = 0.002) -> tuple[int, int]:
@@ -141,3 +203,47 @@ def remove_lines(ink: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
             ink[:, lo:hi] = 0
         removed += 1
     return ink, removed
+
+
+# --------------------------------------------------------------------------- stray marks
+
+
+def labels(m: np.ndarray) -> np.ndarray:
+    """Connected components (8-neighbours) of a boolean image: int32 labels, 0 = background."""
+    h, w = m.shape
+    lab = np.where(m, np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w), 0)
+    while True:
+        p = np.pad(lab, 1)
+        grown = np.max([p[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+        grown = np.where(m, grown, 0)
+        flat = grown.ravel()
+        grown = np.where(m, np.maximum(grown, flat[np.maximum(grown, 1) - 1]), 0)  # jump to the label's label
+        if np.array_equal(grown, lab):
+            return lab
+        lab = grown
+
+
+def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """The ink without stray marks: parts (joined across small gaps) with under `share` of the largest
+    part's ink are dropped (a speck of dirt), so they cannot move the crop; so are parts touching the
+    image's edge (a shadow's corner, the table) when a large enough part lies inside it."""
+    f = max(1, max(ink.shape) // 96)
+    h, w = -(-ink.shape[0] // f), -(-ink.shape[1] // f)
+    p = np.pad(ink, ((0, h * f - ink.shape[0]), (0, w * f - ink.shape[1])))
+    mass = p.reshape(h, f, w, f).sum(axis=(1, 3))
+    m = np.pad(mass > 0.3 * f, 1)
+    joined = np.max([m[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)  # across gaps
+    lab = labels(joined)
+    totals = np.bincount(lab.ravel(), weights=mass.ravel())
+    totals[0] = 0
+    if np.count_nonzero(totals) <= 1:
+        return ink
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    inside = totals.copy()
+    inside[edge] = 0
+    if inside.max() >= share * totals.max():
+        totals = inside
+    keep = totals >= share * totals.max()
+    keep[0] = False
+    cells = keep[lab]
+    return ink * np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[: ink.shape[0], : ink.shape[1]]
