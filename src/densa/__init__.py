@@ -9,6 +9,7 @@ torch is imported only when a name that needs it is first used.
     densa.save(model, "runs/mlp/model.safetensors", dataset=ds)
     trained = densa.load("runs/mlp")  # or an .onnx file from densa.export_onnx / `densa export`
     print(trained.evaluate(ds.test_images, ds.test_labels), trained.predict_proba(ds.test_images[:3]))
+    trained.decide(images)  # [densa.Decision]: the answer, or "not sure" / "not a digit" and why
 """
 
 from ._version import __version__
@@ -33,6 +34,8 @@ _EXPORTS = {  # public name -> the module that defines it
     "save": "core.checkpoint",
     "load": "inference.predictor",
     "TrainedModel": "inference.model",
+    "Decision": "inference.decision",
+    "fit_detector": "core.detector",
     "OnnxPredictor": "inference.onnx_file",
     "export_onnx": "inference.onnx_file",
 }

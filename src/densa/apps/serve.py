@@ -1,7 +1,8 @@
 """`densa serve`: a page to draw digits on and a JSON API, over any predictor (see densa.predictor).
 
 `create_app(predictor)` builds the FastAPI app: GET / (the page, served from densa/web/ in memory, no
-CDN), POST /api/predict (image bytes or a data URL -> probabilities), GET /api/health, /openapi.json.
+CDN), POST /api/predict (image bytes, a data URL or a multipart/form-data upload -> probabilities and a
+decision: the answer, or "not sure" / "not a digit" and why), GET /api/health, /openapi.json.
 Every error, 404s and protocol errors included, is JSON {"error", "detail"}; bad input gets a 4xx, never
 a 5xx; nothing is written to disk. Inference runs in the threadpool, off the event loop, with one torch
 thread per request; the pixels being decoded at once are bounded over all requests (see PixelBudget).
@@ -34,6 +35,8 @@ PAGES = {
     "/": ("index.html", "text/html"),
     "/app.js": ("app.js", "text/javascript"),
     "/app.css": ("app.css", "text/css"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),  # what browsers ask for without a <link rel=icon>
 }
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp")
 DATA_URL = re.compile(rb"^\s*data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.I)
@@ -51,9 +54,60 @@ class RequestError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.I)
+PART_NAME = re.compile(rb'\bname="([^"]*)"', re.I)
+FILE_FIELDS = (b"file", b"image")  # the form field the image is looked for in first (curl -F file=@x.png)
+
+
+def form_file(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """(the bytes, the Content-Type) of the uploaded file in a multipart/form-data body.
+
+    The body is already in memory and at most max_body bytes, so the parts are found by slicing it: no
+    temporary files, no copies beyond the file's own bytes. The part named "file" or "image" is taken,
+    else the first part that carries a filename; a body that is not well-formed multipart is a 422."""
+    m = BOUNDARY.search(content_type)
+    if not m:
+        raise RequestError(
+            422,
+            "bad_multipart",
+            "multipart/form-data without a boundary: let the client set the Content-Type",
+        )
+    delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise RequestError(
+            422,
+            "bad_multipart",
+            "the multipart/form-data body is cut short or malformed (no closing boundary)",
+        )
+    files = []
+    for chunk in chunks[1:-1]:
+        head, sep, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep or not data.endswith(b"\r\n"):
+            raise RequestError(422, "bad_multipart", "a part of the multipart/form-data body is malformed")
+        headers = dict(
+            (k.strip().lower(), v.strip())
+            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+        )
+        disposition = headers.get(b"content-disposition", b"")
+        name = PART_NAME.search(disposition)
+        ctype = headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
+        files.append((name.group(1) if name else b"", b"filename=" in disposition.lower(), data[:-2], ctype))
+    for name, has_file, data, ctype in sorted(files, key=lambda f: (f[0] not in FILE_FIELDS, not f[1])):
+        if name in FILE_FIELDS or has_file:
+            return data, ctype
+    raise RequestError(
+        422, "no_file", "the form has no file: send the image as a field named file (curl -F file=@photo.jpg)"
+    )
+
+
 def image_bytes(body: bytes, content_type: str) -> bytes:
-    """The image inside a request body: raw bytes, or the payload of a base64 data URL."""
+    """The image inside a request body: raw bytes, the payload of a base64 data URL, or the file field of a
+    multipart/form-data upload (see form_file)."""
     ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        body, content_type = form_file(body, content_type)
+        ctype = content_type.split(";")[0].strip().lower()
     m = DATA_URL.match(body[:256])
     if m:
         mime = (m.group(1) or b"").decode().lower()
@@ -141,13 +195,13 @@ def self_check(predictor) -> None:
     x[5:23, 12:16] = 255  # a "1"
     try:
         pixels = prepare(to_png(x), predictor.preprocess, "self-check")
-        probs = np.asarray(predictor.predict_proba(scale_images(pixels[None])))
+        probs, decisions = predictor.assess(scale_images(pixels[None]))
         n = len(predictor.classes)
         if probs.shape != (1, n):
             raise DensaError(f"the model gives {probs.shape[-1]} probabilities for {n} class names")
-        if not np.isfinite(probs).all():
-            raise DensaError("the model's probabilities are not finite numbers")
-        result(predictor, probs[0])
+        if not np.isfinite(probs).all() or not np.isfinite(decisions[0].score):
+            raise DensaError("the model's probabilities or its detector's score are not finite numbers")
+        result(predictor, probs[0], decision=decisions[0])
     except DensaError as e:
         raise DensaError(f"{where}: cannot serve this model: {e}") from None
     except Exception as e:  # anything else a test prediction hits is as fatal, and gets the same one line
@@ -233,6 +287,9 @@ IMAGE_BODY = {
         **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "text/plain": {"schema": {"type": "string", "description": "a data URL: data:image/png;base64,..."}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
     },
 }
 
@@ -294,17 +351,31 @@ def api_models():
     """The response schemas of the JSON API (pydantic models, made when an app is: serve is an extra)."""
     from pydantic import BaseModel
 
+    class Decision(BaseModel):  # inference.decision.Decision: answer, or refuse and say why
+        status: str  # "answer", "not_sure" (no class is likely enough) or "unknown" (not a digit)
+        accepted: bool  # status == "answer"
+        answer: str | None  # the class when accepted
+        label: str  # what to show: "7", "not sure", "not a digit"
+        reason: str  # why, in plain words
+        best_guess: str
+        probability: float
+        score: float  # refused above 1
+        detector_score: float | None  # None: the model file has no detector (confidence only)
+        method: str  # "detector" or "confidence only"
+
     class Prediction(BaseModel):
         predicted: int
         predicted_class: str
         probability: float
         top_k: list[dict[str, str | float]]  # [{"class": "7", "probability": 0.99}, ...], best first
         probabilities: dict[str, float]
+        decision: Decision
         model: str
         input_image: str  # data:image/png;base64 of the 28x28 the model saw
 
     class Problem(BaseModel):
-        error: str  # too_large unsupported_format bad_image bad_data_url no_digit timeout bad_request
+        error: str  # too_large unsupported_format bad_image bad_data_url bad_multipart no_file no_digit
+        # timeout bad_request
         # and, outside /api/predict: not_found method_not_allowed bad_host head_too_large internal
         detail: str
 
@@ -373,18 +444,39 @@ async def read_body(request, max_body: int, timeout: float) -> bytes:
     takes over `timeout` seconds to arrive."""
     import anyio
 
-    too_large = RequestError(413, "too_large", f"body over {max_body:,} bytes; send a smaller image")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_body):
-        raise too_large
+        raise too_large(int(declared) if declared.isdigit() else None, max_body)
     chunks, size = [], 0
     with anyio.fail_after(timeout):
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body:
-                raise too_large
+                raise too_large(None, max_body)
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def megabytes(n: int) -> str:
+    """A byte count as people say it: '5.2 MB', '1 MB', '300 KB' (powers of 1024, as file browsers do)."""
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f}".removesuffix(".0") + " MB"
+    return f"{max(1, round(n / 1024))} KB"
+
+
+def too_large(size: int | None, max_body: int) -> RequestError:
+    """413 in plain words: how big the image is (when the client said) and what this server takes."""
+    what = (
+        f"the image is too big ({megabytes(size)})"
+        if size
+        else f"the image is too big (over {megabytes(max_body)})"
+    )
+    return RequestError(
+        413,
+        "too_large",
+        f"{what}; this server takes images of up to {megabytes(max_body)}: scale it down or save it as "
+        "JPEG (the drawing page does this itself)",
+    )
 
 
 def pixels_of(data: bytes, max_pixels: int) -> int:

@@ -220,26 +220,38 @@ def _predict_test_index(args) -> int:
             f"--test-index {i} is out of range: {ds.name}'s test split has {n:,} images (0 to {n - 1})"
         )
     pixels = ds.test_images[i].numpy()
-    probs = predictor.predict_proba(scale_images(pixels[None]))[0]
+    probs, decisions = predictor.assess(scale_images(pixels[None]))
+    probs, decision = probs[0], decisions[0]
     label = int(ds.test_labels[i])
     if args.save_input:
         from ..inference.predictor import save_inputs
 
         save_inputs(args.save_input, [(f"test-{i}", pixels)])
     if args.json:
-        r = result(predictor, probs, args.top_k)
+        r = result(predictor, probs, args.top_k, decision)
         print(json.dumps({"index": i, **r, "label": label, "label_class": ds.classes[label]}))
     else:
         import torch
 
         print(format_prediction(torch.from_numpy(probs), i, label, ds.classes))
+        print(f"decision: {decision_line(decision)}")
     return 0
+
+
+def decision_line(d) -> str:
+    """A Decision in one line: '7' when answered, else 'not a digit: <why>' (see inference.decision)."""
+    return d.label if d.accepted else f"{d.label}: {d.reason}"
 
 
 def _predict_images(args) -> int:
     from ..inference.predictor import open_predictor, predict_files, save_inputs
 
     predictor = open_predictor(args.run, threads=args.threads)
+    if predictor.detector is None:
+        from ..inference.decision import NO_DETECTOR, article, noun
+
+        thing = article(noun(predictor.dataset, predictor.classes))
+        print(f"densa: warning: {NO_DETECTOR.format(file=predictor.path, a=thing)}", file=sys.stderr)
     entries = predict_files(predictor, args.images, args.top_k)
     for path, answer, _, error in entries:
         if error is not None:
@@ -250,8 +262,10 @@ def _predict_images(args) -> int:
             print(json.dumps({"file": path, **answer}), flush=True)
         else:
             top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top_k"])
-            p, k = answer["probability"], len(answer["top_k"])
-            print(f"{path}: {answer['predicted_class']} ({p:.3f})  top-{k}: {top}", flush=True)
+            p, k, d = answer["probability"], len(answer["top_k"]), answer["decision"]
+            c = answer["predicted_class"]
+            said = f"{c} ({p:.3f})" if d["accepted"] else f"{d['label']} (best guess {c}, {p:.3f})"
+            print(f"{path}: {said}  top-{k}: {top}", flush=True)
     ok = [(path, pixels) for path, _, pixels, error in entries if error is None]
     if args.save_input and ok:
         save_inputs(args.save_input, ok)
@@ -276,7 +290,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..inference.onnx_file import INPUT, OUTPUTS, TOLERANCE, export_run
+    from ..inference.onnx_file import FEATURES, INPUT, OUTPUTS, TOLERANCE, export_run
 
     r = export_run(args.run, args.onnx, force=args.force)
     print(
@@ -291,6 +305,15 @@ def cmd_export(args) -> int:
         f"input {INPUT!r}: float32 (batch, 28, 28) in [0, 1]; outputs {', '.join(map(repr, OUTPUTS))}: "
         "(batch, classes)"
     )
+    if r["detector"]:
+        print(
+            f"detector: output {FEATURES!r} and the densa.detector metadata (it refuses what is not a digit)"
+        )
+    else:
+        print(
+            f"no detector in {r['source']} (written before densa fitted one): "
+            "the file refuses low confidence only"
+        )
     return 0
 
 

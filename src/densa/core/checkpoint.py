@@ -36,6 +36,7 @@ class Checkpoint(Described):
     model: nn.Module
     meta: dict
     path: Path
+    detector: object = None  # core.detector.Detector; None in files written before densa fitted one
 
 
 def dataset_meta(spec) -> dict:
@@ -70,6 +71,7 @@ def save(
     dataset=None,
     train: dict | None = None,
     metrics: dict | None = None,
+    detector=None,
 ) -> Path:
     """Write the weights and their metadata to `path` (a .safetensors file), atomically.
 
@@ -77,7 +79,8 @@ def save(
     (`model.config`, which MLP, CNN and build_model set), the classes and preprocessing rule of `dataset`
     (a name from DATASETS, a Dataset from load_dataset or its spec; "mnist" if not given), and the
     optional `train` settings (a dict or TrainConfig) and `metrics`. `meta` is complete metadata that a
-    caller built already (the run job does).
+    caller built already (the run job does). `detector` (core.detector.fit, which `densa train` runs)
+    travels in the metadata too, under "detector": the model then refuses images that are not digits.
     """
     from safetensors.torch import save as to_bytes
 
@@ -88,6 +91,8 @@ def save(
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, **{k: json.dumps(meta.get(k)) for k in META_KEYS}}
+    if detector is not None:
+        metadata["detector"] = detector.to_json()
     # serialised in memory, then written by plain OS calls: a full disk is an OSError naming the file
     write_atomic(path, to_bytes(tensors, metadata=metadata))
     return path
@@ -132,9 +137,13 @@ def model_file(path: str | os.PathLike, name: str = "model.safetensors") -> Path
 
 def read_meta(path: str | os.PathLike) -> dict:
     """The decoded metadata of a densa checkpoint, without loading weights."""
+    return _read_header(model_file(path))[0]
+
+
+def _read_header(file: Path) -> tuple[dict, str | None]:
+    """(the checked metadata, the detector's JSON or None) of a .safetensors file."""
     from safetensors import safe_open
 
-    file = model_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
             raw = fh.metadata() or {}
@@ -152,7 +161,7 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{file}: densa metadata is damaged ({e}); retrain or restore the file"
         ) from None
-    return check_meta(meta, file)
+    return check_meta(meta, file), raw.get("detector")
 
 
 def expected_shapes(config: ModelConfig) -> tuple[dict, list]:
@@ -189,8 +198,10 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from .detector import Detector
+
     file = model_file(path)
-    meta = read_meta(file)
+    meta, detector = _read_header(file)
     config = ModelConfig.from_dict(meta["model"])
     with safe_open(str(file), framework="pt") as fh:
         names = fh.keys()  # the header's shapes: nothing is read or allocated yet
@@ -204,7 +215,10 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
             f"{file}: weights do not match the model described in its metadata ({e})"
         ) from None
     model.eval()
-    return Checkpoint(model=model, meta=meta, path=file)
+    if detector is not None:
+        width = model.last.in_features
+        detector = Detector.from_json(detector, file, features=width, classes=config.num_classes)
+    return Checkpoint(model=model, meta=meta, path=file, detector=detector)
 
 
 # --------------------------------------------------------------------------- resume state

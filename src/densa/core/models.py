@@ -52,6 +52,19 @@ class MLP(nn.Module):
             x = (x - mean) / std
         return self.net(x)
 
+    @property
+    def last(self) -> nn.Linear:
+        """The output layer: forward(x) == last(body(x))."""
+        return self.net[-1]
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """What the last layer sees: forward(x) == net[-1](body(x)). (N, last hidden width) features."""
+        x = x.flatten(1)
+        if self.normalize is not None:
+            mean, std = self.normalize
+            x = (x - mean) / std
+        return self.net[:-1](x)
+
 
 class CNN(nn.Module):
     """Conv blocks, then a dense head: the image is reshaped to (N, 1, 28, 28) first.
@@ -113,6 +126,18 @@ class CNN(nn.Module):
             mean, std = self.normalize
             x = (x - mean) / std
         return self.head(self.features(x))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """What the last layer sees: forward(x) == head.net[-1](body(x)). (N, last hidden width)."""
+        x = x.reshape(-1, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+        if self.normalize is not None:
+            mean, std = self.normalize
+            x = (x - mean) / std
+        return self.head.body(self.features(x))
+
+    @property
+    def last(self) -> nn.Linear:
+        return self.head.last
 
 
 def check_layer_options(activation: str, dropout: float) -> None:

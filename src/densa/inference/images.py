@@ -21,6 +21,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_SIDE = 4096  # pixels; checked from the header, before decoding
 WORK_SIDE = 1024  # larger images are block-averaged down to this first (the result is 28 px anyway)
 MIN_CONTRAST = 0.1  # ink must differ from the paper by 10% of the grey range (~25 levels)
+LOCAL_SIDE = 64  # from this size (short side, pixels) the paper is estimated locally, not from the border
+MAX_GRAIN = 0.08  # paper whose robust spread is over 8% of the grey range is noise or texture, not paper
 MIN_INK_PIXELS = 4
 TRIM = 0.002  # the crop may leave out this fraction of the ink's mass on each side: stray specks
 # MNIST's centre of mass sits at pixel (14, 14) in index coordinates (row, column), not at the
@@ -39,7 +41,12 @@ class UnsupportedImage(ImageError):
 
 
 class NoInk(ImageError):
-    """A blank image: nothing that stands out from the paper."""
+    """No digit to read; `reason` says why: "blank" (nothing stands out from the paper), "faint",
+    "specks", "noise" (the whole image is grain or texture) or "lines" (only the paper's lines or a box)."""
+
+    def __init__(self, message: str, reason: str = "blank"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -144,34 +151,94 @@ def grey_pixels(im) -> np.ndarray:
     return alpha * grey + (1 - alpha) * paper
 
 
+def colour_pixels(im) -> np.ndarray:
+    """float32 (H, W, C) in [0, 1]: the RGB channels of a colour image (C = 3), else grey (C = 1)."""
+    if im.mode in ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV") or (
+        im.mode in ("P", "RGBA") and grey_is_opaque(im)
+    ):
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    return grey_pixels(im)[..., None]
+
+
+def grey_is_opaque(im) -> bool:
+    if "transparency" in im.info:
+        return False
+    return im.mode != "RGBA" or im.getchannel("A").getextrema()[0] == 255
+
+
 def block_mean(a: np.ndarray, f: int) -> np.ndarray:
     """Average f x f blocks (partial blocks at the edges average what they hold): area downscaling."""
     if f <= 1:
         return a
     from PIL import Image
 
+    if a.ndim == 3:
+        return np.stack([block_mean(a[..., c], f) for c in range(a.shape[2])], axis=-1)
     return np.asarray(Image.fromarray(a.astype(np.float32, copy=False), mode="F").reduce(f))
 
 
 # --------------------------------------------------------------------------- grey -> ink
 
 
+def coarse(grey: np.ndarray) -> np.ndarray:
+    """2x2 averages (so one hot pixel can't decide), or the image itself when it is tiny."""
+    h, w = grey.shape
+    if min(h, w) < 8:
+        return grey
+    e = grey[: h // 2 * 2, : w // 2 * 2]
+    return (e[::2, ::2] + e[1::2, ::2] + e[::2, 1::2] + e[1::2, 1::2]) / 4
+
+
+def dark_on_light(grey: np.ndarray, paper: float) -> bool:
+    """The ink is whichever side of the paper reaches further."""
+    c = coarse(grey)
+    return paper - float(c.min()) >= float(c.max()) - paper
+
+
 def ink_of(grey: np.ndarray, stretch: bool, name: str = "image") -> np.ndarray:
-    """float32 ink in [0, 1] (0 = paper), the paper's tone and noise removed; NoInk if there is none."""
+    """float32 ink in [0, 1] (0 = paper) with the paper's tone, read from the border, and noise removed;
+    NoInk if there is none. For images whose paper is even (product photos, small images)."""
     h, w = grey.shape
     b = max(1, min(h, w) // 32)
     frame = np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()])
     paper = float(np.median(frame))
     noise = 1.4826 * float(np.median(np.abs(frame - paper)))  # robust std of the paper
-    # the ink is whichever side of the paper reaches further (2x2 averages, so one hot pixel can't decide)
-    if min(h, w) >= 8:
-        e = grey[: h // 2 * 2, : w // 2 * 2]
-        coarse = (e[::2, ::2] + e[1::2, ::2] + e[::2, 1::2] + e[1::2, 1::2]) / 4
-    else:
-        coarse = grey
-    dark_ink = paper - float(coarse.min()) >= float(coarse.max()) - paper
+    dark_ink = dark_on_light(grey, paper)
     raw = paper - grey if dark_ink else grey - paper
     floor = max(4 * noise, 0.02)
+    # unstretched: from the paper to black/white
+    full = None if stretch else max((paper if dark_ink else 1 - paper) - floor, 1e-3)
+    return scaled(raw, floor, full, name)
+
+
+def ink_on_paper(px: np.ndarray, name: str = "image") -> np.ndarray:
+    """float32 ink in [0, 1] (0 = paper) of a photo or scan of paper (H, W, C): the paper estimated around
+    each pixel (shadows, light falling off, coloured paper), its lines and a box around the digit removed."""
+    from . import paper
+
+    if not paper.dark_ink(px.mean(axis=2)):
+        px = 1 - px
+    d = paper.darkness(px)
+    level = float(np.median(d))
+    grain = 1.4826 * float(np.median(np.abs(d - level)))  # robust std of the paper
+    if grain > MAX_GRAIN:
+        raise NoInk(
+            f"{name}: no digit found: the image is noise or texture (its background varies by "
+            f"{grain * 255:.0f} grey levels); photograph the digit on plain paper",
+            reason="noise",
+        )
+    floor = max(4 * grain, 0.02)
+    ink, removed = paper.remove_lines(d - np.float32(level), floor)
+    try:
+        return paper.keep_main(scaled(ink, floor, None, name))
+    except NoInk:
+        if removed:
+            raise NoInk(f"{name}: no digit found: only the paper's lines or a box", reason="lines") from None
+        raise
+
+
+def scaled(raw: np.ndarray, floor: float, full: float | None, name: str) -> np.ndarray:
+    """Ink above the noise floor, scaled so 1 is the strokes' core (full=None) or `full` (unstretched)."""
     candidates = raw[raw > floor]
     if candidates.size < MIN_INK_PIXELS:
         raise NoInk(f"{name}: no digit found: the image is blank (nothing stands out from the background)")
@@ -180,20 +247,22 @@ def ink_of(grey: np.ndarray, stretch: bool, name: str = "image") -> np.ndarray:
     if peak < MIN_CONTRAST:
         raise NoInk(
             f"{name}: no digit found: the marks differ from the background by only "
-            f"{peak * 255:.0f} grey levels"
+            f"{peak * 255:.0f} grey levels",
+            reason="faint",
         )
-    if stretch:
+    if full is None:
         t = max(floor, 0.2 * peak)
         scale = peak - t
     else:
-        t = floor
-        scale = max((paper if dark_ink else 1 - paper) - floor, 1e-3)  # from the paper to black/white
+        t, scale = floor, full
     ink = raw - np.float32(t)
     ink *= np.float32(1 / scale)
     np.maximum(ink, 0, out=ink)
     np.minimum(ink, 1, out=ink)
     if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
-        raise NoInk(f"{name}: no digit found: only a few specks stand out from the background")
+        raise NoInk(
+            f"{name}: no digit found: only a few specks stand out from the background", reason="specks"
+        )
     return ink.astype(np.float32, copy=False)
 
 
@@ -281,9 +350,13 @@ def dilate(a: np.ndarray, k: int) -> np.ndarray:
 def prepare(data: bytes, rule: str = "mnist", name: str = "image") -> np.ndarray:
     """Image file bytes -> uint8 (28, 28), light ink on black, as the dataset of `rule` was made."""
     r = get_rule(rule)
-    grey = grey_pixels(decode(data, name))
-    f = -(-max(grey.shape) // WORK_SIDE)
-    ink = ink_of(block_mean(grey, f), r.stretch, name)
+    im = decode(data, name)
+    if r.stretch and min(im.size) >= LOCAL_SIDE:  # pen or brush on paper, photographed or scanned
+        px = colour_pixels(im)
+        ink = ink_on_paper(block_mean(px, -(-max(px.shape[:2]) // WORK_SIDE)), name)
+    else:
+        grey = grey_pixels(im)
+        ink = ink_of(block_mean(grey, -(-max(grey.shape) // WORK_SIDE)), r.stretch, name)
     return np.round(place(ink, r) * 255).astype(np.uint8)
 
 

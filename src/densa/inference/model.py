@@ -4,6 +4,7 @@
     model.predict_proba(images)               # (N, classes) float32, columns in class order
     model.predict(images)                     # (N,) class indices
     model.evaluate(images, labels)            # {"loss", "acc", "correct", "n"}; or evaluate(split="test")
+    model.decide(images)                      # [Decision]: the answer, or "not sure" / "not a digit", and why
 
 Images are uint8 pixels (N, 28, 28) or floats in [0, 1], numpy arrays or torch tensors: core.evaluate's
 scale_images turns them into floats for both backends, and core.evaluate's score scores the logits of
@@ -30,13 +31,15 @@ class TrainedModel(Described):
 
     .meta (the metadata: model, dataset, input, train, metrics, versions), .classes (names in column
     order), .path, .module (the torch nn.Module, in eval mode; None for an ONNX file), .preprocess (how a
-    person's image becomes the 28x28 input), .model_id ('<name>@<12 hex of the file's sha256>').
+    person's image becomes the 28x28 input), .model_id ('<name>@<12 hex of the file's sha256>'),
+    .detector (core.detector.Detector, or None for a file written before densa fitted one).
     """
 
-    def __init__(self, meta: dict, path: str | os.PathLike, module=None):
+    def __init__(self, meta: dict, path: str | os.PathLike, module=None, detector=None):
         self.meta = meta
         self.path = Path(path)
         self.module = module
+        self.detector = detector
 
     @property
     def preprocess(self) -> str:
@@ -76,6 +79,33 @@ class TrainedModel(Described):
 
         with torch.inference_mode():
             return forward(self.module, torch.as_tensor(x)).numpy()
+
+    def _features_logits(self, x) -> tuple[np.ndarray, np.ndarray]:
+        from ..core.detector import features_and_logits
+
+        return features_and_logits(self.module, x)
+
+    def assess(self, images) -> tuple[np.ndarray, list]:
+        """(probabilities (N, classes) float32, [Decision] one per image) from one pass of the model."""
+        x = scale_images(images)
+        if tuple(x.shape[1:]) != (28, 28) or x.ndim != 3:
+            raise DensaError(f"images must have shape (N, 28, 28), got {tuple(x.shape)}")
+        from .decision import decide
+
+        if self.detector is None or len(x) == 0:
+            probs, scores = self.predict_proba(x), None
+        else:
+            feats, logits = self._features_logits(x)
+            probs, scores = softmax(logits), self.detector.score(feats, np.asarray(x))
+        return probs, decide(probs, scores, self.classes, self.dataset)
+
+    def decide(self, images) -> list:
+        """One inference.decision.Decision per image: the answer, or "not sure" / "not a digit", and why.
+
+        Its .accepted says whether the model answers; .score is refused above 1 (use it for ROC curves);
+        .status is "answer", "not_sure" or "unknown". Without a detector in the file (older files) only
+        a low top probability is refused: .method says "confidence only"."""
+        return self.assess(images)[1]
 
     def predict_proba(self, images) -> np.ndarray:
         """(N, classes) float32 probabilities, columns in class order."""

@@ -8,7 +8,9 @@ rule and provenance travel in the file's metadata. `OnnxPredictor(path)` (what d
 imports torch inside the export functions and nowhere else.
 
 The file's contract: input "images", float32 (batch, 28, 28), pixels scaled to [0, 1] (uint8 / 255);
-outputs "probabilities" (softmax, columns in class order) and "logits", both (batch, classes).
+outputs "probabilities" (softmax, columns in class order) and "logits", both (batch, classes), and, in
+files exported from densa's MLP or CNN with a detector (core.detector), "features" (batch, d): what the
+last layer sees, which the detector in the "densa.detector" property scores (older files: no detector).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ FORMAT = "densa.onnx.v1"
 OPSET = 20  # ai.onnx opset; torch 2.13's own default, so its exporter needs no version conversion
 INPUT = "images"
 OUTPUTS = ("probabilities", "logits")  # the first is what a plain `session.run(None, ...)[0]` returns
+FEATURES = "features"  # a third output when the file carries a detector
 TOLERANCE = 1e-5  # largest |onnxruntime - torch| difference of probabilities accepted at export
 CHECK_BATCHES = (1, 7)  # batch sizes compared at export time (the batch dimension is dynamic)
 META_KEYS = ("model", "dataset", "input", "train", "metrics", "versions", "export")
@@ -91,8 +94,9 @@ def _weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def _to_onnx(model, sample):
-    """torch's exporter on `model` + softmax: input "images" with a dynamic batch, outputs OUTPUTS."""
+def _to_onnx(model, sample, features: bool = False):
+    """torch's exporter on `model` + softmax: input "images" with a dynamic batch, outputs OUTPUTS (and
+    FEATURES, the input of the model's last layer, when `features`: densa's MLP and CNN have one)."""
     import torch
 
     class WithProbabilities(torch.nn.Module):
@@ -101,6 +105,10 @@ def _to_onnx(model, sample):
             self.net = net
 
         def forward(self, images):
+            if features:
+                f = self.net.body(images)
+                logits = self.net.last(f)
+                return torch.softmax(logits, dim=1), logits, f
             logits = self.net(images)
             return torch.softmax(logits, dim=1), logits
 
@@ -111,7 +119,7 @@ def _to_onnx(model, sample):
                 (sample,),
                 dynamo=True,
                 input_names=[INPUT],
-                output_names=list(OUTPUTS),
+                output_names=[*OUTPUTS, FEATURES] if features else list(OUTPUTS),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 opset_version=OPSET,
                 verbose=False,
@@ -144,14 +152,22 @@ def _max_difference(model, proto, n_classes: int, g) -> float:
 
 
 def export_onnx(
-    model, out: str | os.PathLike, meta: dict, *, force: bool = False, source: dict | None = None
+    model,
+    out: str | os.PathLike,
+    meta: dict,
+    *,
+    force: bool = False,
+    source: dict | None = None,
+    detector=None,
 ) -> dict:
     """Export `model` to `out` with a dynamic batch dimension, verified by onnxruntime; returns a summary.
 
     `model` is any nn.Module mapping float32 (N, 28, 28) in [0, 1] to logits (N, classes); it is exported
     in eval mode (its mode is restored afterwards). `meta` is checkpoint metadata (checkpoint.build_meta):
     meta["dataset"] must hold "classes" and "preprocess". `source` ({"file", "sha256"}) names the
-    checkpoint it came from. Nothing is written unless onnxruntime matches torch within TOLERANCE.
+    checkpoint it came from. `detector` (core.detector.Detector, which densa.load gives a trained model)
+    travels in the file with a FEATURES output for it to score, so the file refuses what is not a digit
+    as the checkpoint does. Nothing is written unless onnxruntime matches torch within TOLERANCE.
     """
     out = check_out(out, force)
     import torch
@@ -163,7 +179,7 @@ def export_onnx(
     model.eval()
     try:
         t0 = time.perf_counter()
-        proto = _to_onnx(model, torch.rand(2, 28, 28, generator=g))
+        proto = _to_onnx(model, torch.rand(2, 28, 28, generator=g), features=detector is not None)
         seconds = time.perf_counter() - t0
         diff = _max_difference(model, proto, len(classes), g)
     finally:
@@ -177,7 +193,7 @@ def export_onnx(
     export = {
         "format": FORMAT,
         "opset": OPSET,
-        "outputs": list(OUTPUTS),
+        "outputs": [*OUTPUTS, FEATURES] if detector is not None else list(OUTPUTS),
         "exporter": "torch.onnx.export(dynamo=True)",
         "source": source,
         "seconds": round(seconds, 3),
@@ -214,6 +230,8 @@ def export_onnx(
         "densa.model_id": (source or {}).get("model_id") or f"{dataset}-{model_name}@{digest[:12]}",
         **{f"densa.{k}": json.dumps(v) for k, v in full.items()},
     }
+    if detector is not None:
+        props["densa.detector"] = detector.to_json()
     onnx.helper.set_model_props(proto, props)
     proto.doc_string = (
         f"densa {model_name} trained on {dataset}: {INPUT} float32 (batch, 28, 28) in [0, 1] -> "
@@ -228,7 +246,14 @@ def export_onnx(
 
     data = proto.SerializeToString()
     write_atomic(out, data)
-    return {"path": out, "bytes": len(data), "seconds": seconds, "opset": OPSET, "max_abs_diff": diff}
+    return {
+        "path": out,
+        "bytes": len(data),
+        "seconds": seconds,
+        "opset": OPSET,
+        "max_abs_diff": diff,
+        "detector": detector is not None,
+    }
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> dict:
@@ -243,7 +268,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     sha = hashlib.sha256(ckpt.path.read_bytes()).hexdigest()
     model_id = file_id(ckpt.path, checkpoint_name(ckpt.path), sha)
     source = {"file": str(ckpt.path), "sha256": sha, "model_id": model_id}
-    summary = export_onnx(ckpt.model, out, ckpt.meta, force=force, source=source)
+    summary = export_onnx(ckpt.model, out, ckpt.meta, force=force, source=source, detector=ckpt.detector)
     return {**summary, "source": ckpt.path}
 
 
@@ -301,12 +326,31 @@ class OnnxPredictor(TrainedModel):
         except (KeyError, json.JSONDecodeError) as e:
             raise OnnxError(f"{self.path}: densa metadata is damaged ({e}); export it again") from None
         names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
+        if names[1] == [*OUTPUTS, FEATURES] and "densa.detector" in props:
+            names = names[0], names[1][:-1]
+            self.detector = self._detector(props["densa.detector"])
         if names != ([INPUT], list(OUTPUTS)):
             raise OnnxError(
                 f"{self.path}: expected input {INPUT!r} and outputs {list(OUTPUTS)}, found {names[0]} and "
                 f"{names[1]}; export it again"
             )
-        super().__init__(self._checked(meta, classes, rule), self.path)
+        super().__init__(
+            self._checked(meta, classes, rule), self.path, detector=getattr(self, "detector", None)
+        )
+
+    def _detector(self, text: str):
+        from ..core.detector import Detector
+
+        out = self.session.get_outputs()
+        width = out[-1].shape[-1] if isinstance(out[-1].shape[-1], int) else None
+        classes = out[0].shape[-1] if isinstance(out[0].shape[-1], int) else None
+        return Detector.from_json(text, self.path, features=width, classes=classes)
+
+    def _features_logits(self, x) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = self.session.run(
+            [OUTPUTS[1], FEATURES], {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+        )
+        return feats, logits
 
     def _checked(self, meta: dict, classes, rule) -> dict:
         """The metadata checked as a checkpoint's is, and the flat properties against it and the graph."""

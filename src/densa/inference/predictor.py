@@ -32,7 +32,7 @@ def load(path: str | os.PathLike, threads: int | None = None):
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
-    return TrainedModel(ckpt.meta, ckpt.path, module=ckpt.model)
+    return TrainedModel(ckpt.meta, ckpt.path, module=ckpt.model, detector=ckpt.detector)
 
 
 def open_predictor(path: str | os.PathLike, threads: int | None = None):
@@ -40,8 +40,14 @@ def open_predictor(path: str | os.PathLike, threads: int | None = None):
     return load(path, threads)
 
 
-def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
-    """One image's answer: predicted class, its probability, the top k and every class's probability."""
+def result(predictor, probs: np.ndarray, top_k: int = 3, decision=None) -> dict:
+    """One image's answer: predicted class, its probability, the top k, every class's probability and
+    the decision (inference.decision.Decision.to_dict(): the answer, or "not sure" / "not a digit" and
+    why); without `decision` it is worked out from `probs` alone (confidence only)."""
+    if decision is None:
+        from .decision import decide
+
+        decision = decide(probs[None], None, predictor.classes, predictor.dataset)[0]
     order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
     best = int(order[0])
     return {
@@ -50,6 +56,7 @@ def result(predictor, probs: np.ndarray, top_k: int = 3) -> dict:
         "probability": float(probs[best]),
         "top_k": [{"class": predictor.classes[int(k)], "probability": float(probs[k])} for k in order],
         "probabilities": {c: float(p) for c, p in zip(predictor.classes, probs)},
+        "decision": decision.to_dict(),
         "model": predictor.model_id,
     }
 
@@ -59,8 +66,8 @@ def classify(predictor, data: bytes, name: str = "image", top_k: int = 3) -> tup
     from .images import prepare
 
     pixels = prepare(data, predictor.preprocess, name)
-    probs = predictor.predict_proba(pixels[None])[0]
-    return result(predictor, probs, top_k), pixels
+    probs, decisions = predictor.assess(pixels[None])
+    return result(predictor, probs[0], top_k, decisions[0]), pixels
 
 
 def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
@@ -98,9 +105,10 @@ def predict_files(predictor, paths: list[str], top_k: int = 3) -> list[tuple]:
                 error = f"{path}: {e.strerror or e}"
         entries.append((path, pixels, None if error is None else " ".join(error.split())))
     ok = [pixels for _, pixels, error in entries if error is None]
-    probs = iter(predictor.predict_proba(np.stack(ok)) if ok else [])
+    probs, decisions = predictor.assess(np.stack(ok)) if ok else ([], [])
+    answers = iter(result(predictor, p, top_k, d) for p, d in zip(probs, decisions))
     return [
-        (path, None, None, error) if error else (path, result(predictor, next(probs), top_k), pixels, None)
+        (path, None, None, error) if error else (path, next(answers), pixels, None)
         for path, pixels, error in entries
     ]
 

@@ -208,11 +208,23 @@ class Run:
         }
         return {**meta, "world_size": self.ranks.world} if self.ranks.world > 1 else meta
 
-    def save_model(self, metrics: dict) -> None:
+    def save_model(self, metrics: dict, detector=None) -> None:
         from ..core.checkpoint import build_meta, dataset_meta, save
 
         meta = build_meta(self.model_config, dataset_meta(self.ds.spec), self.train_meta(), metrics)
-        save(self.model, self.out / "model.safetensors", meta)
+        save(self.model, self.out / "model.safetensors", meta, detector=detector)
+
+    def fit_detector(self):
+        """The detector of images unlike the training digits (core.detector): statistics from training
+        images, threshold from the val split when there is one. Fitted after training, on the final
+        weights; it changes neither them nor anything printed."""
+        from ..core.detector import fit_detector
+
+        t0 = time.perf_counter()
+        calibration = None if self.val is None else self.val[0]
+        detector = fit_detector(self.model, self.x, self.y, calibration, seed=self.config.seed)
+        self.times["detector"] = time.perf_counter() - t0
+        return detector
 
     def write_epoch(self, record: dict) -> None:
         """metrics.jsonl with every epoch so far; model.safetensors when this epoch is the best (or last)."""
@@ -399,7 +411,7 @@ def finish(run: Run, history: list[dict]) -> dict:
     if run.val is not None:
         best = history[best_epoch - 1]
         metrics.update(val_loss=best["val_loss"], val_acc=best["val_acc"])
-    run.save_model(metrics)
+    run.save_model(metrics, run.fit_detector())
     summary = _summary(run, metrics, history)
     write_atomic(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     run.log(f"saved run to {run.out}/ ({', '.join(RUN_FILES)})")
@@ -437,6 +449,7 @@ def _summary(run: Run, metrics: dict, history: list[dict]) -> dict:
         "load_time_s": round(t["loaded"] - t["start"], 3),
         "train_time_s": round(t["trained"] - t["loaded"], 3),
         "eval_time_s": round(t["evaluated"] - t["trained"], 3),
+        "detector_time_s": round(t["detector"], 3),
         "total_time_s": round(time.perf_counter() - t["start"], 3),
     }
     if run.state is not None:

@@ -4,6 +4,9 @@
 
 const MIN_GAP = 100; // ms between requests while drawing
 const SEND_SIZE = 140; // px: the drawing is sent at this size
+const MAX_BYTES = 1 << 20; // the server's limit on a request body (densa.apps.serve.MAX_BODY)
+const PHOTO_SIDE = 1600; // px: larger photos are scaled down to this longer side before sending
+const SENDABLE = ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp"];
 const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
 const bars = document.getElementById("bars");
@@ -95,15 +98,58 @@ drop.addEventListener("drop", (e) => {
 
 async function useFile(f) {
   resetCanvas();
-  try { // show it, fitted on the pad; the server gets the file's own bytes
-    const bmp = await createImageBitmap(f);
-    const s = Math.min(pad.width / bmp.width, pad.height / bmp.height);
-    const w = bmp.width * s, h = bmp.height * s;
-    ctx.drawImage(bmp, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  generation++;
+  let picture = null;
+  try { // show it, fitted on the pad
+    picture = await openPicture(f);
+    const s = Math.min(pad.width / picture.width, pad.height / picture.height);
+    const w = picture.width * s, h = picture.height * s;
+    ctx.drawImage(picture.source, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
   } catch (err) { /* the browser can't show it; the server will say what is wrong */ }
-  file = f;
+  try {
+    file = picture ? await sendable(f, picture) : f;
+  } catch (err) {
+    showIdle(err.message, true);
+    return;
+  }
   inked = true;
   schedule();
+}
+
+async function openPicture(f) { // {source, width, height} drawable on a canvas; SVG via an <img>
+  if (f.type !== "image/svg+xml") {
+    const bmp = await createImageBitmap(f);
+    return { source: bmp, width: bmp.width, height: bmp.height };
+  }
+  const img = new Image();
+  const url = URL.createObjectURL(f);
+  try {
+    img.src = url;
+    await img.decode();
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+  const w = img.naturalWidth || 512, h = img.naturalHeight || 512; // an SVG may have no size of its own
+  return { source: img, width: w, height: h };
+}
+
+async function sendable(f, picture) { // the file itself if the server takes it as is, else a smaller JPEG/PNG
+  const large = Math.max(picture.width, picture.height) > PHOTO_SIDE;
+  if (SENDABLE.includes(f.type) && f.size <= MAX_BYTES && !large) return f;
+  const s = Math.min(1, PHOTO_SIDE / Math.max(picture.width, picture.height));
+  const c = document.createElement("canvas");
+  c.width = Math.max(1, Math.round(picture.width * s));
+  c.height = Math.max(1, Math.round(picture.height * s));
+  const g = c.getContext("2d");
+  g.fillStyle = "#fff"; // an SVG or PNG with transparency: on white paper
+  g.fillRect(0, 0, c.width, c.height);
+  g.imageSmoothingQuality = "high";
+  g.drawImage(picture.source, 0, 0, c.width, c.height);
+  for (const q of [0.92, 0.8, 0.6]) {
+    const blob = await new Promise((ok) => c.toBlob(ok, "image/jpeg", q));
+    if (blob && blob.size <= MAX_BYTES) return blob;
+  }
+  throw new Error(`the image is too big to send even scaled down (${(f.size / 1048576).toFixed(1)} MB); try a smaller photo`);
 }
 
 // -------------------------------------------------------------- requests, throttled
@@ -166,12 +212,16 @@ function show(a) {
     if (best === null || p > a.probabilities[best]) best = name;
   }
   for (const [name, row] of Object.entries(rows)) row.el.classList.toggle("top", name === best);
-  guess.textContent = a.predicted_class;
-  guess.dataset.class = a.predicted_class;
-  confidence.textContent = `${(100 * a.probability).toFixed(1)}% sure`;
-  statusLine.textContent = "";
+  const d = a.decision;
+  guess.textContent = d.accepted ? a.predicted_class : "?";
+  guess.dataset.class = d.accepted ? a.predicted_class : "";
+  guess.dataset.status = d.status;
+  confidence.textContent = d.accepted ? `${(100 * a.probability).toFixed(1)}% sure` : d.label;
+  statusLine.textContent = d.accepted ? "" : d.reason;
   statusLine.classList.remove("error");
+  statusLine.classList.toggle("refused", !d.accepted);
   seen.src = a.input_image;
+  seen.hidden = false;
 }
 
 function showIdle(message, isError = false) {
@@ -183,9 +233,12 @@ function showIdle(message, isError = false) {
   }
   guess.textContent = "?";
   guess.dataset.class = "";
+  guess.dataset.status = "";
   confidence.textContent = "";
   statusLine.textContent = message;
   statusLine.classList.toggle("error", isError);
+  statusLine.classList.remove("refused");
+  seen.hidden = true; // the black box stays: no broken-image icon, nothing moves
   seen.removeAttribute("src");
 }
 

@@ -1,0 +1,154 @@
+"""Digits from real paper and light: accuracy per condition for the default recipe and the cnn preset.
+
+    python benchmarks/bench_photos.py [--n 500] [--negatives 100] [--runs DIR] [--pictures docs/img/photos]
+
+Renders N digits of MNIST's *test* split per condition of tests/realistic.py (shadow, ruled paper,
+pencil, rotation, ...; every other one saved as JPEG, as phones send them), prepares each with
+densa.images as `densa predict` does, and prints each model's accuracy per condition. An image the
+preparation refuses ("no digit found") counts as wrong. Then the not-a-digit set (letters, lines,
+scribbles, ...): the share that preparation already refuses as having no digit.
+
+The two runs (`densa train --seed 0` and `densa train --preset cnn --seed 0`) are trained once into
+--runs (default: densa's user cache, bench-photos/) and reused; the rendered images are cached there too.
+--pictures writes a small grid per condition (photos above, what the model sees below) and one of the
+negatives, for docs/photos.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import realistic  # noqa: E402
+
+import densa  # noqa: E402
+from densa.core.data import cache_dir, load_dataset  # noqa: E402
+from densa.inference.images import ImageError, prepare  # noqa: E402
+
+PRESETS = {"seed": "default recipe", "cnn": "cnn preset"}
+
+
+def trained(runs: Path, preset: str) -> Path:
+    out = runs / preset
+    if not (out / "model.safetensors").exists():
+        cmd = [sys.executable, "-m", "densa", "train", "--preset", preset, "--seed", "0", "--out", str(out)]
+        print("training:", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def files_for(condition: str, n: int, seed: int, runs: Path, ds) -> tuple[list[bytes], np.ndarray]:
+    """The condition's N photos as PNG/JPEG bytes (alternating), and their labels; cached in runs."""
+    path = runs / "photos" / f"{condition}-{n}-{seed}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    pixels, labels, _ = realistic.photo_set(
+        ds.test_images.numpy(), ds.test_labels.numpy(), condition, n, seed
+    )
+    files = [realistic.encode(p, "JPEG" if i % 2 else "PNG", 85) for i, p in enumerate(pixels)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps((files, labels)))
+    return files, labels
+
+
+def prepared(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 (N, 28, 28) (blank where refused), a mask of the refused ones, and the refusals' reasons."""
+    out, refused, reasons = np.zeros((len(files), 28, 28), np.uint8), np.zeros(len(files), bool), []
+    for i, f in enumerate(files):
+        try:
+            out[i] = prepare(f, "mnist")
+        except ImageError as e:
+            refused[i] = True
+            reasons.append(str(e).split(": ", 1)[-1])
+    return out, refused, reasons
+
+
+def pictures(
+    folder: Path, condition: str, files: list[bytes], x: np.ndarray, k: int = 8, side: int = 96
+) -> None:
+    """A k-wide grid: the photos (thumbnails) above, the prepared 28x28 below (enlarged)."""
+    import io
+
+    from PIL import Image
+
+    grid = Image.new("RGB", (k * side, 2 * side), "white")
+    for j in range(min(k, len(files))):
+        im = Image.open(io.BytesIO(files[j])).convert("RGB")
+        im.thumbnail((side - 4, side - 4))
+        grid.paste(im, (j * side + (side - im.width) // 2, (side - im.height) // 2))
+        seen = Image.fromarray(x[j]).resize((side - 16, side - 16), Image.Resampling.NEAREST)
+        grid.paste(seen.convert("RGB"), (j * side + 8, side + 8))
+    folder.mkdir(parents=True, exist_ok=True)
+    grid.save(folder / f"{condition}.png", optimize=True)
+
+
+def negative_files(kind: str, n: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng([seed, 1000 + realistic.NEGATIVE_KINDS.index(kind)])
+    return [
+        realistic.encode(p, "JPEG" if i % 2 else "PNG", 85)
+        for i, p in enumerate(realistic.negatives(kind, n, rng))
+    ]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=500, help="digits per condition (default: 500)")
+    ap.add_argument("--negatives", type=int, default=100, help="images per not-a-digit kind (default: 100)")
+    ap.add_argument("--seed", type=int, default=0, help="picks the digits and renders them (default: 0)")
+    ap.add_argument(
+        "--runs", type=Path, default=None, help="where the trained runs live (default: user cache)"
+    )
+    ap.add_argument("--conditions", default=",".join(realistic.CONDITIONS), help="comma-separated subset")
+    ap.add_argument("--presets", default="seed,cnn", help="which models (default: seed,cnn)")
+    ap.add_argument("--pictures", type=Path, default=None, help="write the condition grids to this folder")
+    args = ap.parse_args(argv)
+    runs = args.runs or cache_dir() / "bench-photos"
+    presets = {p: PRESETS[p] for p in args.presets.split(",")}
+    models = {p: densa.load(trained(runs, p)) for p in presets}
+    ds = load_dataset("mnist")
+    when = time.strftime("%Y-%m-%d %H:%M %Z")
+    print(f"{platform.node()} {platform.processor() or platform.machine()}, {when}")
+    print(f"{args.n} MNIST test digits per condition, seed {args.seed}; accuracy (refused counts as wrong)\n")
+    print(f"| condition | {' | '.join(presets.values())} | refused by preparation |")
+    print("|---|" + "---:|" * (len(presets) + 1))
+    worst = {p: 1.0 for p in presets}
+    for condition in args.conditions.split(","):
+        files, labels = files_for(condition, args.n, args.seed, runs, ds)
+        x, refused, _ = prepared(files)
+        accs = []
+        for p, m in models.items():
+            right = (m.predict(x) == labels) & ~refused
+            accs.append(float(right.mean()))
+            worst[p] = min(worst[p], accs[-1])
+        cells = " | ".join(f"{100 * a:.1f}%" for a in accs)
+        print(f"| {condition} | {cells} | {int(refused.sum())} |", flush=True)
+        if args.pictures:
+            pictures(args.pictures, condition, files, x)
+    print("| **worst** | " + " | ".join(f"**{100 * w:.1f}%**" for w in worst.values()) + " | |")
+    print(f"\nnot digits: {args.negatives} per kind; refused by preparation (no digit found)\n")
+    print("| kind | refused | reasons |")
+    print("|---|---:|---|")
+    strip = []
+    for kind in realistic.NEGATIVE_KINDS:
+        files = negative_files(kind, args.negatives, args.seed)
+        x, refused, reasons = prepared(files)
+        common = sorted(set(reasons), key=reasons.count, reverse=True)[:2]
+        print(f"| {kind} | {100 * refused.mean():.0f}% | {'; '.join(common)} |", flush=True)
+        strip.append((kind, files[:8], x[:8]))
+    if args.pictures:
+        for kind, files, x in strip:
+            pictures(args.pictures, f"not-{kind}", files, x)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
