@@ -85,7 +85,7 @@ def cli_reference() -> str:
 
     parser = build_parser()
     columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "88"  # argparse wraps help to the terminal's width: the page's code width
+    os.environ["COLUMNS"] = "82"  # argparse wraps help to COLUMNS - 2: the width of the page's code
     try:
         return "\n".join(cli_sections(parser))
     finally:
