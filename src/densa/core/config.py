@@ -168,6 +168,8 @@ TRAIN_RULES = {
     "label_smoothing": PROBABILITY,
     "shift": NONNEG_INT,
     "flip": BOOL,
+    "rotate": Rule("a number of degrees in [0, 45]", lambda v: is_number(v) and 0 <= v <= 45),
+    "scale": Rule("a number in [0, 0.5]", lambda v: is_number(v) and 0 <= v <= 0.5),
     "val_split": Rule("a fraction in [0, 1) (0 = none)", PROBABILITY.test),
     "early_stop": NONNEG_INT,
     "precision": one_of(PRECISIONS),
@@ -191,6 +193,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # in [0, 1)
     shift: int = 0  # augmentation: random translation of each training image by up to +-shift pixels
     flip: bool = False  # augmentation: mirror each training image left-right with probability 1/2
+    rotate: float = 0.0  # augmentation: random rotation of each training image by up to +-rotate degrees
+    scale: float = 0.0  # augmentation: random zoom of each training image by a factor in [1-scale, 1+scale]
     val_split: float = 0.0  # fraction of the training set held out for validation; 0 = none
     early_stop: int = 0  # stop after this many epochs without a lower val loss; 0 = never
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 only where it is fast, else fp32)

@@ -22,6 +22,7 @@ from torch import nn
 from ..core.config import TrainConfig
 from ..core.errors import DensaError
 from ..core.evaluate import scale_images
+from .augment import random_affine
 from .distributed import LocalGroup
 
 
@@ -320,6 +321,8 @@ def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = random_shift(xb.reshape(-1, 28, 28), s.config.shift, s.g)
     if s.config.flip:
         xb = random_flip(xb.reshape(-1, 28, 28), s.g)
+    if s.config.rotate or s.config.scale:
+        xb = random_affine(xb.reshape(-1, 28, 28), s.config.rotate, s.config.scale, s.g)
     xb, idx = s.ranks.part(xb), s.ranks.part(idx)  # augmentation was drawn for the whole batch
     return scale_images(xb), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
 
