@@ -1,6 +1,6 @@
 """Training speed against its floor: densa's epoch vs the bare matrix products of the same shapes.
 
-    python benchmarks/bench_train.py [--rounds 3] [--no-tutorial]
+    python benchmarks/bench_train.py [--rounds 3] [--images 60000] [--no-tutorial]
 
 Floor: one epoch of the seed recipe's matrix products alone (784->512->10 MLP, batch 128, 469 steps, the
 last of 96 images): forward x@W1.T and h@W2.T, backward dW2 = g.T@h, dh = g@W2 and dW1 = dh.T@x, in
@@ -10,6 +10,7 @@ densa's epoch is the real loop (densa.train, one epoch). Each round times the fl
 rounds. Targets: fp32 epoch <= 1.15x the fp32 floor; where the CPU multiplies bf16 natively
 (AVX512-BF16 or AMX) also bf16 epoch <= 1.3x the bf16 floor and <= 0.5x densa's fp32 epoch (without
 it densa refuses bf16, and so does this benchmark). Also: loading the four MNIST files, warm.
+--images N times the first N training images only (a busy machine; the ratios are per step anyway).
 Needs the MNIST files (DENSA_DATA_DIR or the cache).
 """
 
@@ -71,6 +72,7 @@ def cpu_features() -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
+    ap.add_argument("--images", type=int, default=60000, help="train on the first N images (a part epoch)")
     ap.add_argument("--no-tutorial", action="store_true", help="skip the tutorial's DataLoader loop")
     args = ap.parse_args()
 
@@ -97,7 +99,8 @@ def main() -> None:
         loads.append(time.perf_counter() - t)
     print(f"load four files, warm: {statistics.median(loads[1:]):.3f}s median of 5 (target <= 0.3)")
 
-    x = ds.train_images.reshape(-1, 784).float() / 255
+    images, labels = ds.train_images[: args.images], ds.train_labels[: args.images]
+    x = images.reshape(-1, 784).float() / 255
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
     times = {k: [] for k in ("tutorial", *(f"{p} {w}" for p in precisions for w in ("floor", "densa")))}
     models = {}
@@ -110,14 +113,12 @@ def main() -> None:
         torch.manual_seed(0)
         ref = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
         ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
-        loader = DataLoader(TensorDataset(x, ds.train_labels), batch_size=128, shuffle=True)
+        loader = DataLoader(TensorDataset(x, labels), batch_size=128, shuffle=True)
     for r in range(args.rounds + 1):  # round 0 warms everything up and is not counted
         for p in precisions:
             dtype = torch.bfloat16 if p == "bf16" else torch.float32
             floor = floor_epoch(x, dtype, seed=r)
-            epoch = train(models[p], ds.train_images, ds.train_labels, epochs=1, seed=r, precision=p)[0][
-                "time"
-            ]
+            epoch = train(models[p], images, labels, epochs=1, seed=r, precision=p)[0]["time"]
             if r:
                 times[f"{p} floor"].append(floor)
                 times[f"{p} densa"].append(epoch)
@@ -127,7 +128,7 @@ def main() -> None:
                 times["tutorial"].append(t)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     steps = -(-len(x) // 128)
-    print(f"one epoch of the seed recipe ({steps} steps), medians of {args.rounds} rounds:")
+    print(f"one epoch of the seed recipe ({len(x)} images, {steps} steps), medians of {args.rounds} rounds:")
     for p in precisions:
         floor, epoch = med[f"{p} floor"], med[f"{p} densa"]
         target = 1.15 if p == "fp32" else 1.3
