@@ -177,8 +177,10 @@ def test_optimisers_train(synth, kind, extra):
     history = densa.train(model, ds.train_images, ds.train_labels, epochs=2, optimizer=kind, **extra)
     assert history[-1]["loss"] < history[0]["loss"]
     opt = train_module.make_optimizer(model, densa.TrainConfig(optimizer=kind, **extra))
-    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[kind]
-    assert type(opt) is expected and opt.defaults.get("fused") is True
+    group = opt.state_dict()["param_groups"][0]
+    assert group["weight_decay"] == extra.get("weight_decay", 0.0) and group["fused"] is True
+    assert group.get("decoupled_weight_decay", False) is (kind == "adamw")
+    assert group.get("nesterov", False) is extra.get("nesterov", False)
 
 
 def test_cnn_shapes_and_layers():
