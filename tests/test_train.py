@@ -312,3 +312,23 @@ def test_random_flip_mirrors_about_half():
     assert all(m != k for m, k in zip(mirrored, kept)) and 70 < sum(mirrored) < 130
     want = torch.rand(200, generator=torch.Generator().manual_seed(0)) < 0.5
     assert mirrored == want.tolist()
+
+
+def test_fast_preset_is_the_seed_network_with_a_shorter_recipe():
+    model, config = densa.resolve("fast")
+    assert model.model == "mlp" and model.hidden == (512,) and model.normalize == (0.1307, 0.3081)
+    assert config.epochs < densa.TrainConfig().epochs and config.schedule == "onecycle"
+    assert config.precision == "fp32" and config.shift == 0 and config.rotate == 0
+    assert densa.resolve("fast", epochs=4)[1].epochs == 4
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fast_preset_on_real_mnist(real_mnist, tmp_path, capsys):
+    """`densa train --preset fast` end to end on the real files: the accuracy bar, never a time."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "fast", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"fast preset: test_acc {summary['test_acc']:.4f}, train {summary['train_time_s']:.1f}s")
+    assert summary["test_n"] == 10000 and summary["epochs"] == densa.PRESETS["fast"]["epochs"]
+    assert summary["test_acc"] >= 0.975 and "preset: fast" in capsys.readouterr().out

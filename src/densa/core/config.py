@@ -230,6 +230,16 @@ class TrainConfig:
 # (the test set was never used for the choice). Results and timings: README.md, "Results".
 PRESETS: dict[str, dict] = {
     "seed": {},
+    "fast": {
+        "normalize": (0.1307, 0.3081),
+        "optimizer": "adam",
+        "lr": 4e-3,
+        "batch_size": 256,
+        "schedule": "onecycle",
+        "warmup": 0.1,
+        "label_smoothing": 0.1,
+        "epochs": 2,
+    },
     "mlp": {
         "hidden": (1024, 1024),
         "dropout": 0.1,
