@@ -10,7 +10,8 @@ test accuracy mean ± std and each seed's; the training time densa records (`tra
 summary.json: building the model and optimiser, the epochs, the per-epoch checkpoints); the wall time of
 the whole command (Python and torch start-up, loading, training, the test evaluation, saving) and its CPU
 time (user + system, all threads), each the mean over the seeds; and the goal beside the measurement
-(met or missed). A busy machine shows as CPU time well below threads x wall.
+(met or missed). A busy machine shows as CPU time well below threads x wall. Each run's output is
+kept in RUNS_DIR/<dataset>-<preset>-s<seed>.log.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,18 +40,23 @@ GOALS = {
 }
 
 
-def run(preset: str, dataset: str, seed: int, out: Path, threads: int | None) -> None:
+def start(preset: str, dataset: str, seed: int, out: Path, threads: int | None):
+    """A `densa train` process, started now; `finish` waits for it."""
     cmd = [sys.executable, "-m", "densa", "train", "--preset", preset, "--dataset", dataset]
     cmd += ["--seed", str(seed), "--out", str(out)]
     cmd += ["--threads", str(threads)] if threads else []
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 (closed in finish)
+    return cmd, out, log, time.perf_counter(), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(cmd, out: Path, log, t: float, p: subprocess.Popen) -> None:
+    """Wait for the process; its own wall and CPU time (user + system, all threads) go to bench.json."""
+    _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    log.close()
+    if status:
+        sys.exit(f"{' '.join(cmd)} failed:\n{Path(log.name).read_text()[-2000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
     (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}) + "\n")
 
 
@@ -93,6 +98,9 @@ def main() -> None:
         "--runs", default=RUNS, help="comma-separated dataset:preset pairs (default: %(default)s)"
     )
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="seeds trained at once (>1: each run's times include the others')"
+    )
     ap.add_argument("--threads", type=int, default=None, help="densa train --threads (default: torch's)")
     ap.add_argument("--out", metavar="DIR", help="keep the runs here (default: a new temp folder)")
     ap.add_argument("--collect", metavar="DIR", help="summarise DIR/<dataset>-<preset>-s<seed> runs only")
@@ -108,9 +116,11 @@ def main() -> None:
     for pair in args.runs.split(","):
         dataset, preset = pair.split(":")
         runs = [root / f"{dataset}-{preset}-s{seed}" for seed in range(args.seeds)]
-        for seed, out in enumerate(runs):
-            if not args.collect and not (out / "summary.json").exists():
-                run(preset, dataset, seed, out, args.threads)
+        todo = [(s, r) for s, r in enumerate(runs) if not args.collect and not (r / "summary.json").exists()]
+        for i in range(0, len(todo), args.jobs):
+            started = [start(preset, dataset, s, r, args.threads) for s, r in todo[i : i + args.jobs]]
+            for process in started:
+                finish(*process)
         runs = [r for r in runs if (r / "summary.json").exists()]
         if runs:
             print(row(runs), flush=True)
