@@ -314,9 +314,9 @@ def test_random_flip_mirrors_about_half():
     assert mirrored == want.tolist()
 
 
-def test_fast_preset_is_the_seed_network_with_a_shorter_recipe():
+def test_fast_preset_is_a_small_mlp_with_a_short_recipe():
     model, config = densa.resolve("fast")
-    assert model.model == "mlp" and model.hidden == (512,) and model.normalize == (0.1307, 0.3081)
+    assert model.model == "mlp" and model.hidden == (256, 256) and model.normalize == (0.1307, 0.3081)
     assert config.epochs < densa.TrainConfig().epochs and config.schedule == "onecycle"
     assert config.precision == "fp32" and config.shift == 0 and config.rotate == 0
     assert densa.resolve("fast", epochs=4)[1].epochs == 4

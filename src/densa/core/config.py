@@ -231,6 +231,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "seed": {},
     "fast": {
+        "hidden": (256, 256),
         "normalize": (0.1307, 0.3081),
         "optimizer": "adam",
         "lr": 4e-3,
@@ -238,7 +239,7 @@ PRESETS: dict[str, dict] = {
         "schedule": "onecycle",
         "warmup": 0.1,
         "label_smoothing": 0.1,
-        "epochs": 2,
+        "epochs": 3,
     },
     "mlp": {
         "hidden": (1024, 1024),
