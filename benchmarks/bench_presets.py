@@ -60,6 +60,17 @@ def finish(cmd, out: Path, log, t: float, p: subprocess.Popen) -> None:
     (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}) + "\n")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def verdict(dataset: str, preset: str, acc: float, train: float, wall: float | None) -> str:
     goal = GOALS.get((dataset, preset))
     if goal is None:
@@ -108,7 +119,7 @@ def main() -> None:
     root = Path(args.collect or args.out or tempfile.mkdtemp(prefix="densa-presets-"))
     root.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    print(f"runs in {root} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs")
+    print(f"runs in {root} · {cpu_name()} · {os.cpu_count()} CPUs · threads: {args.threads or 'default'}")
     print(f"start {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · load average {load[0]:.2f}")
     print("| dataset | preset | test accuracy, mean ± std (each seed) | epochs | epoch | train | wall | CPU "
           "| threads | goal |")  # fmt: skip
