@@ -232,6 +232,8 @@ class TrainConfig:
 # the last epoch): 784-256-256-10 x 3 epochs 0.9802, 784-384-10 x 3 0.9802 (dearer), 784-512-10 x 2
 # 0.9760-0.9772 (peak LR 4e-3..8e-3), 784-256-10 x 3 0.9782. Label smoothing 0.1 was worth +0.3 (256-256 x 3
 # without it: 0.9772), standardising the input +0.9 (512 x 2: 0.9623 -> 0.9715); the seed recipe: 0.9725.
+# mlp: random rotations (+-10 degrees) and zooms (+-10%) on top of its shifts lowered the val acc after its
+# 8 epochs (0.9890 -> 0.9873): too much augmentation for so few epochs.
 PRESETS: dict[str, dict] = {
     "seed": {},
     "fast": {
@@ -271,9 +273,7 @@ PRESETS: dict[str, dict] = {
         "warmup": 0.2,
         "label_smoothing": 0.1,
         "shift": 2,
-        "rotate": 10.0,
-        "scale": 0.1,
-        "epochs": 14,
+        "epochs": 10,
     },
 }
 
@@ -284,7 +284,7 @@ PRESETS: dict[str, dict] = {
 # gains from 1 px shifts, left-right mirroring and 15 epochs (val acc 0.922 -> 0.926).
 PRESET_DATASET_TWEAKS: dict[tuple[str, str], dict] = {
     ("mlp", "fashion-mnist"): {"shift": 0, "lr": 1e-3, "epochs": 15},
-    ("cnn", "fashion-mnist"): {"shift": 1, "flip": True, "rotate": 0.0, "scale": 0.0, "epochs": 15},
+    ("cnn", "fashion-mnist"): {"shift": 1, "flip": True, "epochs": 15},
 }
 
 
