@@ -64,17 +64,17 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, float]:
 def contenders(args, tmp: Path) -> dict[str, list[str]]:
     py = sys.executable
     densa = [py, "-m", "densa", "train", "--out"]
-    cmds = {
-        "densa train": [*densa, str(tmp / "fp32")],
-        "tutorial script": [py, str(HERE / "tutorial_seed.py")],
-    }
-    if FAST_BF16[0] in cpu_flags() or FAST_BF16[1] in cpu_flags():
-        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16"), "--precision", "bf16"]
+    cmds = {"densa train": [*densa, str(tmp / "fp32")]}
     keras = Path(args.keras_python).expanduser()
     if keras.exists():
         cmds["Keras 3"] = [str(keras), str(HERE / "keras_seed.py")]
     else:
         print(f"note: no Keras venv at {keras}: Keras is skipped (see this file's docstring to create it)")
+    cmds["tutorial script"] = [py, str(HERE / "tutorial_seed.py")]
+    if FAST_BF16[0] in cpu_flags() or FAST_BF16[1] in cpu_flags():
+        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16"), "--precision", "bf16"]
+    else:
+        print("note: no AVX512-BF16/AMX here: densa refuses bf16, so its run is skipped")
     return cmds
 
 
