@@ -8,8 +8,9 @@ same MNIST files (DENSA_DATA_DIR) and print their test accuracy: `densa train`, 
 native bf16 (AVX512-BF16 or AMX) also `densa train --precision bf16`. Each is run --runs times,
 alternated round by round (the order rotating) so all see the same machine, after one untimed warm-up
 run each. Wall time is the whole process (start-up, loading, training, testing); peak RSS is the
-process's ru_maxrss from os.wait4. This process imports no torch, so that it stays small: a child's peak
-RSS counts from its parent's size.
+process's ru_maxrss from os.wait4, CPU time its user + system time from the same call (on a busy machine
+the wall time depends on what else runs; the CPU time much less so). This process imports no torch, so
+that it stays small: a child's peak RSS counts from its parent's size.
 
 Keras runs in a venv of its own (it brings TensorFlow; densa's venv stays free of it):
 
@@ -46,8 +47,8 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS in MB and printed test accuracy of one process (exits if it fails)."""
+def run(cmd: list[str], env: dict) -> tuple[float, float, float, float]:
+    """Wall s, peak RSS in MB, printed test accuracy and CPU s (user + system) of one process, or exit."""
     with tempfile.TemporaryFile("w+") as log:
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)
@@ -58,23 +59,23 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, float]:
     found = re.findall(r"^test_acc: ([0-9.]+)", out, re.M)
     if status != 0 or not found:
         sys.exit(f"{' '.join(cmd)} failed (status {status}):\n{out[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, float(found[-1])
+    return wall, usage.ru_maxrss / 1024, float(found[-1]), usage.ru_utime + usage.ru_stime
 
 
 def contenders(args, tmp: Path) -> dict[str, list[str]]:
     py = sys.executable
     densa = [py, "-m", "densa", "train", "--out"]
-    cmds = {
-        "densa train": [*densa, str(tmp / "fp32")],
-        "tutorial script": [py, str(HERE / "tutorial_seed.py")],
-    }
-    if FAST_BF16[0] in cpu_flags() or FAST_BF16[1] in cpu_flags():
-        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16"), "--precision", "bf16"]
+    cmds = {"densa train": [*densa, str(tmp / "fp32")]}
     keras = Path(args.keras_python).expanduser()
     if keras.exists():
         cmds["Keras 3"] = [str(keras), str(HERE / "keras_seed.py")]
     else:
         print(f"note: no Keras venv at {keras}: Keras is skipped (see this file's docstring to create it)")
+    cmds["tutorial script"] = [py, str(HERE / "tutorial_seed.py")]
+    if FAST_BF16[0] in cpu_flags() or FAST_BF16[1] in cpu_flags():
+        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16"), "--precision", "bf16"]
+    else:
+        print("note: no AVX512-BF16/AMX here: densa refuses bf16, so its run is skipped")
     return cmds
 
 
@@ -89,29 +90,31 @@ def main() -> None:
     flags = sorted(f for f in ("avx2", "avx512f", *FAST_BF16) if f in cpu_flags())
     print(f"densa vs peers · {platform.machine()} · {os.cpu_count()} CPUs · CPU features: {', '.join(flags)}")
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
-    results: dict[str, list[tuple[float, float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cmds = contenders(args, Path(tmp))
         names = list(cmds)
         for r in range(args.runs + (0 if args.no_warmup else 1)):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                wall, rss, acc = run(cmds[name], env)
-                print(f"  round {r}{' (warm-up)' if r == 0 and not args.no_warmup else ''}: {name}: "
-                      f"{wall:.1f}s, {rss:.0f} MB, test_acc {acc:.4f}", flush=True)  # fmt: skip
+                wall, rss, acc, cpu = run(cmds[name], env)
+                warm = " (warm-up)" if r == 0 and not args.no_warmup else ""
+                print(f"  round {r}{warm}: {name}: {wall:.1f}s, {cpu:.1f} CPU s, {rss:.0f} MB, "
+                      f"test_acc {acc:.4f}", flush=True)  # fmt: skip
                 if r or args.no_warmup:
-                    results.setdefault(name, []).append((wall, rss, acc))
+                    results.setdefault(name, []).append((wall, rss, acc, cpu))
 
     med = {}
-    print(f"\n| program | wall, median of {args.runs} (min-max) | peak RSS | test acc |")
-    print("|---|---|---|---|")
+    print(f"\n| program | wall, median of {args.runs} (min-max) | CPU time | peak RSS | test acc |")
+    print("|---|---|---|---|---|")
     for name, rows in results.items():
-        walls = [w for w, _, _ in rows]
-        med[name] = statistics.median(walls), statistics.median(m for _, m, _ in rows), rows[-1][2]
-        accs = sorted({a for _, _, a in rows})
+        walls = [w for w, *_ in rows]
+        wall, rss, cpu = (statistics.median(row[i] for row in rows) for i in (0, 1, 3))
+        med[name] = wall, rss, rows[-1][2], cpu
+        accs = ", ".join(f"{a:.4f}" for a in sorted({row[2] for row in rows}))
         print(
-            f"| {name} | {med[name][0]:.1f} s ({min(walls):.1f}-{max(walls):.1f}) | {med[name][1]:.0f} MB "
-            f"| {', '.join(f'{a:.4f}' for a in accs)} |"
+            f"| {name} | {wall:.1f} s ({min(walls):.1f}-{max(walls):.1f}) | {cpu:.1f} s | {rss:.0f} MB "
+            f"| {accs} |"
         )
     print()
     targets = [("densa train", "Keras 3", 0.4), ("densa train", "tutorial script", 0.35)]
@@ -123,7 +126,8 @@ def main() -> None:
             met = "met" if ratio <= target else "missed"
             print(
                 f"{mine} / {peer}: wall {ratio:.2f}x (target <= {target}: {met}), "
-                f"peak RSS {med[mine][1] / med[peer][1]:.2f}x, test acc {gap:+.2f} points "
+                f"CPU time {med[mine][3] / med[peer][3]:.2f}x, peak RSS {med[mine][1] / med[peer][1]:.2f}x, "
+                f"test acc {gap:+.2f} points "
                 f"({'within' if abs(gap) <= 0.3 else 'outside'} 0.3)"
             )
 
