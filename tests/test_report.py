@@ -23,13 +23,21 @@ from torch import nn
 
 import densa
 from densa.apps.plots import curves
-from densa.apps.report import first_layer, write_report
+from densa.apps.report import (
+    first_layer,
+    read_run,
+    recorded_test,
+    reliability_caption,
+    smoothing_floor,
+    val_best_epoch,
+    write_report,
+)
 from densa.cli import main
 from densa.core import data
 
 # PNG sizes for a 10-class dataset; they follow from the figure sizes and DPI in densa/plots.py
 SIZES = {
-    "curves": (1000, 400),
+    "curves": (560, 720),  # loss above accuracy, narrow enough to stay legible on a phone
     "confusion": (940, 800),
     "mistakes": (1053, 384),  # 30 tiles, 10 per row, 2 caption lines
     "correct": (925, 942),  # 10 classes x 10 images, one-character row labels
@@ -129,6 +137,10 @@ def check_html(page, pngs):
     text = page.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
     sources = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', text)
+    anchors = [s for s in sources if s.startswith("#")]  # the table of contents, into the page itself
+    ids = set(re.findall(r"<section id='([^']+)'", text))
+    assert anchors and {a[1:] for a in anchors} == ids, "one contents entry per section, each one found"
+    sources = [s for s in sources if not s.startswith("#")]
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
     assert embedded == {p.read_bytes() for p in pngs}, "every figure, and only those, is in the page"
@@ -149,6 +161,10 @@ def test_report_figures_and_page(weak, tmp_path, capsys):
     meta = densa.load(run).meta
     assert f"<td>{meta['versions']['torch']}</td>" in text and "Linear(in_features=784" in text
     assert "expected calibration error" in text and "<div class='note'>" not in text
+    # an MLP's settings without the CNN's channels or SGD's momentum; no smoothing, so nothing about it
+    assert "<th>hidden</th>" in text and "<th>optimizer</th>" in text
+    assert "<th>channels</th>" not in text and "<th>momentum</th>" not in text
+    assert "id='smoothing'" not in text and "best epoch" not in text
     # the default folder is RUN/report/
     write_report(run, data_dir=root, log=lambda s: None)
     assert (run / "report" / "index.html").is_file()
@@ -236,9 +252,71 @@ def test_curves_read_metrics_generically():
     ]
     fig = curves(records, best_epoch=2)
     loss_ax, acc_ax = fig.axes
-    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train", "val", "best epoch 2"]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train", "validation", "best epoch 2"]
     assert list(acc_ax.lines[1].get_ydata()) == [0.65, 0.8, 0.78]
     assert curves([{"epoch": 1, "time": 2.0}]) is None
+    fig = curves(
+        records, test={"epoch": 2, "loss": 0.75, "acc": 0.79}, train_label="train (smoothed targets)"
+    )
+    loss_ax, acc_ax = fig.axes
+    legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert legend == ["train (smoothed targets)", "validation", "test 0.7900"], "no best-epoch line"
+    star = acc_ax.lines[-1]
+    assert star.get_marker() == "*" and list(star.get_xdata()) == [2] and list(star.get_ydata()) == [0.79]
+    assert list(loss_ax.lines[-1].get_ydata()) == [0.75]
+
+
+def test_best_epoch_only_when_validation_chose_it(weak):
+    """Without a validation split summary.json still says best_epoch (the last one): no line for it."""
+    run, _ = weak
+    files, ckpt = read_run(run), densa.load(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 2 and "val_loss" not in files.records[0]
+    assert val_best_epoch(files, ckpt) is None
+    assert recorded_test(files, ckpt) == {
+        "epoch": 2,
+        "loss": summary["test_loss"],
+        "acc": summary["test_acc"],
+    }
+    files.records = [
+        {**r, "val_loss": 1.0 - r["epoch"] / 10, "best_epoch": r["epoch"]} for r in files.records
+    ]
+    assert val_best_epoch(files, ckpt) == 2
+
+
+def calibration_of(pairs):
+    """A calibration dict like core.metrics.calibration's from (confidence, accuracy, count) per bin."""
+    bins = [
+        {"lo": i / len(pairs), "hi": (i + 1) / len(pairs), "confidence": c, "accuracy": a, "count": n}
+        for i, (c, a, n) in enumerate(pairs)
+    ]
+    return {"ece": sum(n * abs(a - c) for c, a, n in pairs) / sum(n for *_, n in pairs), "bins": bins}
+
+
+def test_reliability_caption_follows_the_measured_gap():
+    under = calibration_of([(0.55, 0.9, 30), (0.75, 0.97, 60), (0.95, 0.94, 10)])
+    text = reliability_caption(under, 0.1)
+    assert "under-confident: 90% of the images fall in bins whose bars rise above the diagonal" in text
+    assert "label smoothing 0.1" in text and "this under-confidence is expected" in text
+    over = calibration_of([(0.6, 0.4, 20), (0.99, 0.9, 80)])
+    text = reliability_caption(over)
+    assert "over-confident: 100% of the images fall in bins whose bars stay below the diagonal" in text
+    assert "smoothing" not in text
+    close = calibration_of([(0.5, 0.505, 50), (0.9, 0.895, 50)])
+    assert "close to calibrated" in reliability_caption(close, 0.1)
+    assert "under-confidence is expected" not in reliability_caption(close, 0.1)
+
+
+def test_smoothing_floor_is_the_entropy_of_the_targets():
+    t, floor = smoothing_floor(0.1, 10)
+    targets = torch.full((1, 10), 0.01)
+    targets[0, 3] = t
+    assert t == pytest.approx(0.91)
+    logits = targets.log()  # predicting the targets exactly reaches the floor
+    assert nn.functional.cross_entropy(
+        logits, torch.tensor([3]), label_smoothing=0.1
+    ).item() == pytest.approx(floor, rel=1e-6)
+    assert smoothing_floor(0.0, 10) == (1.0, 0.0)
 
 
 class TinyCNN(nn.Module):
@@ -292,6 +370,24 @@ def test_report_of_a_cnn_run(weak, tmp_path, monkeypatch):
     check_png(page.parent / "first_layer.png", ((8 * 7 - 2) * 17 + 24, 7 * 17 + 42))
     text = check_html(page, pngs)
     assert "<td>tinycnn</td>" in text and "Conv2d(1, 8, kernel_size=(5, 5)" in text
+    assert "<th>channels</th>" in text, "a model other than the MLP may read channels"
+
+
+def test_report_of_a_smoothed_run_with_validation(weak, tmp_path):
+    """--val-split and --label-smoothing: validation curves, the chosen epoch, what smoothing does."""
+    _, root = weak
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synthw", "--data-dir", str(root), "--epochs", "2", "--lr", "5e-5"]
+    assert main([*argv, "--val-split", "0.2", "--label-smoothing", "0.1", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({"val_loss", "val_acc", "best_epoch"} <= set(r) for r in records)
+    page = write_report(out, data_dir=root, log=lambda s: None)
+    text = check_html(page, sorted(page.parent.glob("*.png")))
+    best = records[-1]["best_epoch"]
+    assert f"The dashed line marks epoch {best}, the lowest validation loss" in text
+    assert "The star is the test split" in text and "validation (chosen epoch)" in text
+    assert "id='smoothing'" in text and "cannot fall below their entropy, 0.500" in text
+    assert "It was trained with label smoothing 0.1" in text
 
 
 def test_import_densa_loads_no_extras():

@@ -15,6 +15,7 @@ import numpy as np
 from ..core.extras import require
 
 require("matplotlib", "report", "the report")
+from matplotlib import rc_context  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
@@ -47,8 +48,30 @@ def class_label(i: int, name: str) -> str:
 # --------------------------------------------------------------------------- curves and matrices
 
 
-def curves(records: list[dict], best_epoch: int | None = None) -> Figure | None:
-    """Loss and accuracy per epoch: 'loss'/'acc' are training, 'val_loss'/'val_acc' etc. other splits."""
+# Okabe-Ito colours: told apart with any colour vision, and in greyscale by their markers and dashes
+COLOURS = {"train": "#0072B2", "val": "#E69F00", "test": "#D55E00", "other": "#009E73"}
+LARGE = {"font.size": 13, "axes.titlesize": 14, "legend.fontsize": 12}  # still legible at phone width
+
+
+def split_of(key: str) -> str:
+    """metrics.jsonl field -> split: 'loss'/'acc' are training, 'val_loss' is 'val', and so on."""
+    return "train" if key in ("loss", "acc") else key.rsplit("_", 1)[0]
+
+
+SPLIT_LABELS = {"train": "train", "val": "validation"}
+
+
+def curves(
+    records: list[dict],
+    best_epoch: int | None = None,
+    test: dict | None = None,
+    train_label: str = "train",
+) -> Figure | None:
+    """Loss above accuracy, per epoch: 'loss'/'acc' are training, 'val_loss'/'val_acc' etc. other splits.
+
+    `best_epoch` draws a dashed line there (pass it only when validation chose it); `test` is
+    {"epoch": E, "loss": L, "acc": A}, drawn as one marked point per panel at the epoch it measured.
+    """
     keys = list(dict.fromkeys(k for r in records for k in r))
     panels = {
         "loss": [k for k in keys if k == "loss" or k.endswith("_loss")],
@@ -57,29 +80,59 @@ def curves(records: list[dict], best_epoch: int | None = None) -> Figure | None:
     panels = {name: ks for name, ks in panels.items() if ks}
     if not panels:
         return None
-    fig = Figure(figsize=(5 * len(panels), 4), dpi=DPI)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    margins(fig, 0.8, 0.2, 0.6, 0.4, wspace=0.3)
-    for ax, (name, ks) in zip(axes, panels.items()):
-        for k in ks:
-            pts = [
-                (r.get("epoch", i + 1), r[k])
-                for i, r in enumerate(records)
-                if isinstance(r.get(k), (int, float))
-            ]
-            if pts:
-                x, y = zip(*pts)
-                label = "train" if k in ("loss", "acc") else k.rsplit("_", 1)[0]
-                ax.plot(x, y, marker="o", label=label)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="0.5", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(name.capitalize() + " per epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
+    with rc_context(LARGE):
+        fig = Figure(figsize=(5.6, 0.6 + 3.3 * len(panels)), dpi=DPI)
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+        margins(fig, 0.95, 0.2, 0.65, 0.4, hspace=0.3)
+        for ax, (name, ks) in zip(axes, panels.items()):
+            for k in ks:
+                _series(ax, records, k, train_label)
+            point = test and test.get("loss" if name == "loss" else "acc")
+            if isinstance(point, (int, float)):
+                ax.plot(
+                    [test["epoch"]],
+                    [point],
+                    linestyle="none",
+                    marker="*",
+                    markersize=16,
+                    color=COLOURS["test"],
+                    markeredgecolor="black",
+                    zorder=5,
+                    label=f"test {point:.4f}",
+                )
+            if best_epoch is not None:
+                ax.axvline(
+                    best_epoch, color="0.35", linestyle="--", linewidth=1.2, label=f"best epoch {best_epoch}"
+                )
+            ax.set_ylabel(name)
+            ax.tick_params(labelsize=LARGE["font.size"])
+            ax.set_title(name.capitalize() + " per epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+        axes[-1].set_xlabel("epoch")
     return fig
+
+
+def _series(ax, records: list[dict], key: str, train_label: str) -> None:
+    pts = [
+        (r.get("epoch", i + 1), r[key]) for i, r in enumerate(records) if isinstance(r.get(key), (int, float))
+    ]
+    if not pts:
+        return
+    x, y = zip(*pts)
+    split = split_of(key)
+    style = {"train": ("o", "-"), "val": ("s", "--")}.get(split, ("^", ":"))
+    label = train_label if split == "train" else SPLIT_LABELS.get(split, split)
+    ax.plot(
+        x,
+        y,
+        marker=style[0],
+        linestyle=style[1],
+        linewidth=2,
+        color=COLOURS.get(split, COLOURS["other"]),
+        label=label,
+    )
 
 
 def confusion(cm, classes, title: str) -> Figure:
@@ -115,51 +168,64 @@ def confusion(cm, classes, title: str) -> Figure:
 
 
 def reliability(cal: dict) -> Figure:
-    """Accuracy vs mean confidence per confidence bin (the gap to the diagonal is miscalibration)."""
+    """Accuracy vs mean confidence per confidence bin (the gap to the diagonal is miscalibration).
+
+    Accuracy bars are filled; the gap from each bar's top to its mean confidence is an outlined,
+    hatched box (vermillion where the model is over-confident, bluish green where it is under-confident),
+    so neither colour is mixed with the other where they overlap.
+    """
     bins = cal["bins"]
     lo = np.array([b["lo"] for b in bins])
     width = np.array([b["hi"] - b["lo"] for b in bins])
     count = np.array([b["count"] for b in bins])
     acc = np.array([b["accuracy"] for b in bins])
     conf = np.array([b["confidence"] for b in bins])
-    fig = Figure(figsize=(6, 6.5), dpi=DPI)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    margins(fig, 0.8, 0.2, 0.6, 0.4, hspace=0.08)
-    used = count > 0
-    top.bar(
-        lo[used],
-        acc[used],
-        width=width[used],
-        align="edge",
-        color="tab:blue",
-        edgecolor="white",
-        label="accuracy",
-    )
-    top.bar(
-        lo[used],
-        conf[used] - acc[used],
-        bottom=acc[used],
-        width=width[used],
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        edgecolor="tab:red",
-        hatch="//",
-        label="gap to mean confidence",
-    )
-    top.plot([0, 1], [0, 1], linestyle="--", color="0.3", label="perfectly calibrated")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy in bin")
-    top.set_title(f"Reliability diagram · ECE = {100 * cal['ece']:.2f}% ({len(bins)} bins)")
-    top.legend(loc="upper left")
-    top.grid(alpha=0.3)
-    bottom.bar(lo[used], count[used], width=width[used], align="edge", color="0.5", edgecolor="white")
-    bottom.set_yscale("log")
-    bottom.yaxis.set_major_formatter(PLAIN)
-    bottom.set_xlabel("confidence (probability of the predicted class)")
-    bottom.set_ylabel("images")
-    bottom.grid(alpha=0.3)
+    with rc_context(LARGE):
+        fig = Figure(figsize=(6, 6.5), dpi=DPI)
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        margins(fig, 0.9, 0.2, 0.7, 0.45, hspace=0.08)
+        used = count > 0
+        top.bar(
+            lo[used],
+            acc[used],
+            width=width[used],
+            align="edge",
+            color="#9CC9E8",
+            edgecolor="white",
+            label="accuracy",
+        )
+        for mask, colour, label in (
+            (used & (conf > acc), COLOURS["test"], "over-confident gap"),
+            (used & (conf < acc), COLOURS["other"], "under-confident gap"),
+        ):
+            if mask.any():
+                top.bar(
+                    lo[mask],
+                    conf[mask] - acc[mask],
+                    bottom=acc[mask],
+                    width=width[mask],
+                    align="edge",
+                    facecolor="none",
+                    edgecolor=colour,
+                    hatch="///",
+                    linewidth=1.5,
+                    label=label,
+                )
+        top.plot([0, 1], [0, 1], linestyle="--", color="0.2", label="perfectly calibrated")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy in bin")
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=LARGE["font.size"])
+        top.set_title(f"Reliability diagram · ECE = {100 * cal['ece']:.2f}% ({len(bins)} bins)")
+        top.legend(loc="best")
+        top.grid(alpha=0.3)
+        bottom.bar(lo[used], count[used], width=width[used], align="edge", color="0.5", edgecolor="white")
+        bottom.set_yscale("log")
+        bottom.yaxis.set_major_formatter(PLAIN)
+        bottom.set_xlabel("confidence (probability of the predicted class)")
+        bottom.set_ylabel("images")
+        bottom.grid(alpha=0.3)
     return fig
 
 

@@ -125,9 +125,118 @@ CAPTIONS = {
     "first_layer": "Red: positive weight, blue: negative, white: zero. Each tile is scaled to its own "
     "largest |weight|.",
     "reliability": "Accuracy against confidence in equal-width bins: bars below the diagonal mean the model "
-    "is over-confident there. The lower panel counts images per bin; the expected calibration error "
-    "(ECE) weights each bin's gap by its share of the images.",
+    "is over-confident there (its confidence is higher than its accuracy), bars above it under-confident. "
+    "The lower panel counts images per bin; the expected calibration error (ECE) weights each bin's gap "
+    "by its share of the images.",
 }
+CALIBRATED = 0.01  # a mean gap (accuracy - confidence) within 1 point is called calibrated
+
+
+def smoothing_of(ckpt) -> float:
+    """The label smoothing the model was trained with (0 when unknown)."""
+    value = ckpt.meta.get("train", {}).get("label_smoothing", 0.0) if ckpt is not None else 0.0
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def smoothing_floor(eps: float, k: int) -> tuple[float, float]:
+    """(target probability of the true class, lowest possible training loss) with smoothing eps, k classes.
+
+    Smoothed targets give the true class 1 - eps + eps/k and every other class eps/k; cross-entropy
+    against them is at least their entropy, reached only when the model predicts exactly those targets.
+    """
+    t, o = 1 - eps + eps / k, eps / k
+    return t, float(-t * np.log(t) - (k - 1) * o * np.log(o)) if eps > 0 else 0.0
+
+
+def smoothing_note(eps: float, k: int) -> str:
+    """What label smoothing does to the loss curves and to calibration, for the Training section."""
+    t, floor = smoothing_floor(eps, k)
+    return (
+        f"Label smoothing {eps:g} is on: each training target gives the true class {t:.3g} and every other "
+        f"class {eps / k:.3g}, instead of 1 and 0. The training loss is measured against those targets, "
+        f"so it cannot fall below their entropy, {floor:.3f}; the validation and test losses are plain "
+        "cross-entropy against the true labels, so compare them with each other, not with the training "
+        f"loss. Smoothing also caps the confidence the model is trained towards at about {t:.0%}: a "
+        "smoothed model is often under-confident (right more often than its confidence says), which the "
+        "reliability diagram shows as bars above the diagonal and the ECE counts as miscalibration."
+    )
+
+
+def calibration_gap(cal: dict) -> tuple[float, float]:
+    """(mean of accuracy - confidence over the images, share of images in bins where accuracy is higher)."""
+    bins = [b for b in cal["bins"] if b["count"]]
+    n = sum(b["count"] for b in bins) or 1
+    gap = sum(b["count"] * (b["accuracy"] - b["confidence"]) for b in bins) / n
+    above = sum(b["count"] for b in bins if b["accuracy"] > b["confidence"]) / n
+    return gap, above
+
+
+def reliability_caption(cal: dict, eps: float = 0.0) -> str:
+    """The reliability diagram's caption: how to read it, then which way this model is off (measured)."""
+    gap, above = calibration_gap(cal)
+    if abs(gap) < CALIBRATED:
+        verdict = (
+            f"This model is close to calibrated: its accuracy and confidence differ by {100 * gap:+.1f} "
+            "points on average."
+        )
+    elif gap > 0:
+        verdict = (
+            f"This model is under-confident: {above:.0%} of the images fall in bins whose bars rise above "
+            f"the diagonal, and it is right {100 * gap:.1f} points more often than its confidence says."
+        )
+    else:
+        verdict = (
+            f"This model is over-confident: {1 - above:.0%} of the images fall in bins whose bars stay "
+            f"below the diagonal, and its confidence exceeds its accuracy by {-100 * gap:.1f} points."
+        )
+    if eps > 0:
+        verdict += f" It was trained with label smoothing {eps:g}, which pulls confidence down on purpose" + (
+            ", so this under-confidence is expected." if gap >= CALIBRATED else "."
+        )
+    return f"{CAPTIONS['reliability']} {verdict}"
+
+
+def curves_caption(val: bool, best: int | None, test: dict | None, eps: float) -> str:
+    parts = [CAPTIONS["curves"]]
+    if val:
+        parts.append("'validation' is a part of the training set held out from training.")
+    if test:
+        parts.append(
+            f"The star is the test split, measured once when training ended, on the weights of epoch "
+            f"{test['epoch']}."
+        )
+    if best is not None:
+        parts.append(
+            f"The dashed line marks epoch {best}, the lowest validation loss: its weights were kept."
+        )
+    if eps > 0:
+        parts.append(f"Training loss is against smoothed targets (label smoothing {eps:g}); see below.")
+    return " ".join(parts)
+
+
+def recorded_test(files: RunFiles, ckpt) -> dict | None:
+    """{"epoch", "loss", "acc"}: the test numbers training recorded, at the epoch whose weights it tested."""
+    for source in (files.summary, ckpt.meta.get("metrics") if ckpt is not None else None):
+        if isinstance(source, dict) and isinstance(source.get("test_acc"), (int, float)):
+            epoch = source.get("best_epoch")
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                epoch = files.records[-1].get("epoch", len(files.records)) if files.records else None
+            if isinstance(epoch, int):
+                return {"epoch": epoch, "loss": source.get("test_loss"), "acc": source["test_acc"]}
+    return None
+
+
+def val_best_epoch(files: RunFiles, ckpt) -> int | None:
+    """The epoch chosen on the validation loss, or None when the run had no validation split.
+
+    Without validation, summary.json's best_epoch is simply the last epoch: nothing chose it, so no line.
+    """
+    if not any("val_loss" in r for r in files.records):
+        return None
+    for d in (files.records[-1], files.summary, ckpt.meta.get("metrics") if ckpt is not None else None):
+        if isinstance(d, dict) and isinstance(d.get("best_epoch"), int) and d["best_epoch"] > 0:
+            return d["best_epoch"]
+    return None
 
 
 def figures_for(ckpt, result, images, ds, split) -> dict[str, tuple[object, str]]:
@@ -161,14 +270,22 @@ def figures_for(ckpt, result, images, ds, split) -> dict[str, tuple[object, str]
         tiles, caps, title = layer
         figs["first_layer"] = plots.weights(tiles, title, captions=caps, ncols=16 if caps is None else 10)
     figs["reliability"] = plots.reliability(result["calibration"])
-    return {name: (fig, CAPTIONS[name]) for name, fig in figs.items()}
+    captions = {**CAPTIONS, "reliability": reliability_caption(result["calibration"], smoothing_of(ckpt))}
+    return {name: (fig, captions[name]) for name, fig in figs.items()}
 
 
-def best_epoch(*sources) -> int | None:
-    for d in sources:
-        if isinstance(d, dict) and isinstance(d.get("best_epoch"), int):
-            return d["best_epoch"]
-    return None
+def training_curves(files: RunFiles, ckpt) -> dict[str, tuple[object, str]]:
+    """{"curves": (figure, caption)} from metrics.jsonl: validation, the test point, the best epoch."""
+    from . import plots
+
+    best, test, eps = val_best_epoch(files, ckpt), recorded_test(files, ckpt), smoothing_of(ckpt)
+    label = "train (smoothed targets)" if eps > 0 else "train"
+    fig = plots.curves(files.records, best, test, train_label=label)
+    if fig is None:
+        files.notes.append("metrics.jsonl has no loss or accuracy fields: no training curves")
+        return {}
+    val = any("val_loss" in r for r in files.records)
+    return {"curves": (fig, curves_caption(val, best, test, eps))}
 
 
 def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, log=print) -> Path:
@@ -201,12 +318,7 @@ def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, lo
         if "mistakes" not in figs:
             files.notes.append(f"no mistakes on the {split} split: no mistakes grid")
     if files.records:
-        best = best_epoch(files.summary, ckpt.meta["metrics"] if ckpt else None)
-        fig = plots.curves(files.records, best)
-        if fig is None:
-            files.notes.append("metrics.jsonl has no loss or accuracy fields: no training curves")
-        else:
-            figs = {"curves": (fig, CAPTIONS["curves"]), **figs}
+        figs = {**training_curves(files, ckpt), **figs}
     pngs = {name: (plots.png_bytes(fig), caption) for name, (fig, caption) in figs.items()}
     for name in CAPTIONS:  # each file written whole; none left over from an earlier report
         if name in pngs:
@@ -214,6 +326,8 @@ def write_report(run, out=None, *, dataset=None, split="test", data_dir=None, lo
         else:
             (out / f"{name}.png").unlink(missing_ok=True)
     page = out / "index.html"
-    write_atomic(page, page_html(files, ckpt, ds, split, result, pngs))
+    eps = smoothing_of(ckpt)
+    note = smoothing_note(eps, len(ds.classes)) if eps > 0 else None  # eps > 0 only with a checkpoint
+    write_atomic(page, page_html(files, ckpt, ds, split, result, pngs, smoothing=note))
     log(f"wrote report to {page} ({len(pngs)} figures, {time.perf_counter() - t0:.1f}s)")
     return page
