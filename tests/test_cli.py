@@ -103,7 +103,7 @@ def test_predict_test_index(run, capsys):
         (["train", "--val-split", "nan"], r"--val-split: expected a fraction in \(0, 1\)"),
         (
             ["train", "--preset", "best"],
-            r"--preset: invalid choice: 'best' \(choose from '?seed'?, '?mlp'?, '?cnn'?\)",
+            r"--preset: invalid choice: 'best' \(choose from '?seed'?, '?fast'?, '?mlp'?, '?cnn'?\)",
         ),
         (["train", "--activation", "softmax"], r"--activation: invalid choice: 'softmax'"),
         (["train", "--optimizer", "rmsprop"], r"--optimizer: invalid choice: 'rmsprop'"),

@@ -177,8 +177,10 @@ def test_optimisers_train(synth, kind, extra):
     history = densa.train(model, ds.train_images, ds.train_labels, epochs=2, optimizer=kind, **extra)
     assert history[-1]["loss"] < history[0]["loss"]
     opt = train_module.make_optimizer(model, densa.TrainConfig(optimizer=kind, **extra))
-    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[kind]
-    assert type(opt) is expected and opt.defaults.get("fused") is True
+    group = opt.state_dict()["param_groups"][0]
+    assert group["weight_decay"] == extra.get("weight_decay", 0.0) and group["fused"] is True
+    assert group.get("decoupled_weight_decay", False) is (kind == "adamw")
+    assert group.get("nesterov", False) is extra.get("nesterov", False)
 
 
 def test_cnn_shapes_and_layers():
@@ -310,3 +312,23 @@ def test_random_flip_mirrors_about_half():
     assert all(m != k for m, k in zip(mirrored, kept)) and 70 < sum(mirrored) < 130
     want = torch.rand(200, generator=torch.Generator().manual_seed(0)) < 0.5
     assert mirrored == want.tolist()
+
+
+def test_fast_preset_is_a_small_mlp_with_a_short_recipe():
+    model, config = densa.resolve("fast")
+    assert model.model == "mlp" and model.hidden == (256, 256) and model.normalize == (0.1307, 0.3081)
+    assert config.epochs < densa.TrainConfig().epochs and config.schedule == "onecycle"
+    assert config.precision == "fp32" and config.shift == 0 and config.rotate == 0
+    assert densa.resolve("fast", epochs=4)[1].epochs == 4
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fast_preset_on_real_mnist(real_mnist, tmp_path, capsys):
+    """`densa train --preset fast` end to end on the real files: the accuracy bar, never a time."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "fast", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"fast preset: test_acc {summary['test_acc']:.4f}, train {summary['train_time_s']:.1f}s")
+    assert summary["test_n"] == 10000 and summary["epochs"] == densa.PRESETS["fast"]["epochs"]
+    assert summary["test_acc"] >= 0.975 and "preset: fast" in capsys.readouterr().out

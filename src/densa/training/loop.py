@@ -22,7 +22,11 @@ from torch import nn
 from ..core.config import TrainConfig
 from ..core.errors import DensaError
 from ..core.evaluate import scale_images
+from .augment import random_affine
 from .distributed import LocalGroup
+from .optim import Optimizer, make_optimizer
+
+CHECK_EVERY = 64  # steps between two host reads of the non-finite flag (and at each epoch's end)
 
 
 class NonFiniteLoss(DensaError):
@@ -38,23 +42,6 @@ class Interrupted(DensaError):
         where = f"in epoch {epoch} after step {step} of {steps}" if step else f"after epoch {epoch - 1}"
         super().__init__(f"interrupted {where}")
         self.epoch, self.step, self.steps = epoch, step, steps
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = list(model.parameters())
-    # The fused kernel updates all parameters in one pass: ~40% of the tutorial's epoch time on CPU.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params) or None
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-            fused=fused,
-        )
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -147,7 +134,7 @@ class Setup:
 
     model: nn.Module
     net: nn.Module  # what computes the forward pass: the model, or its data-parallel replica
-    opt: torch.optim.Optimizer
+    opt: Optimizer
     g: torch.Generator  # shuffling and augmentation
     config: TrainConfig
     images: torch.Tensor
@@ -189,9 +176,10 @@ def train(
     adds val_loss/val_acc/best_epoch to each record and enables early stopping; each record also has the
     epoch's wall "time". `on_epoch(record)` is called after each epoch; `on_state(state)` gets the full
     resumable state after each epoch and when `stop()` turns true (checked after every step; the loop
-    then raises Interrupted); `state` is such a state to continue from. A non-finite loss raises
-    NonFiniteLoss before that step is applied. `ranks` (distributed.Group) makes this one rank of a
-    data-parallel run: each rank trains on its slice of every global batch and all ranks agree on sums.
+    then raises Interrupted); `state` is such a state to continue from. A non-finite loss is never
+    applied: no step from it on changes the weights, and NonFiniteLoss names it within CHECK_EVERY
+    steps. `ranks` (distributed.Group) makes this one rank of a data-parallel run: each rank trains on
+    its slice of every global batch and all ranks agree on sums.
     """
     config = replace(config or TrainConfig(), **overrides)
     check_early_stop(config, val is not None)
@@ -267,28 +255,36 @@ def snapshot(s: Setup, loop: LoopState) -> dict:
 
 
 def train_epoch(s: Setup, loop: LoopState, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch, or its rest when resuming mid-epoch; the summed loss and correct count over all ranks."""
+    """One epoch, or its rest when resuming mid-epoch; the summed loss and correct count over all ranks.
+
+    No step waits for the host: the loss and accuracy sums stay on the device, and a non-finite loss
+    reaches the optimiser as a flag (Guard) that makes it skip the step, read every CHECK_EVERY steps.
+    """
     s.model.train()
     perm, loss_sum, correct = start_epoch(s, loop)
     bs = s.config.batch_size
+    guard = Guard(s, epoch, loss_sum)
     with progress_bar(s, loop.step, epoch) as bar:
         for k in range(loop.step, s.steps):
             idx = perm[k * bs : (k + 1) * bs]
             xb, yb = batch(s, idx)
-            lr = set_lr(s.opt, lr_at(loop.global_step, s.steps * s.config.epochs, s.config))
+            lr = lr_at(loop.global_step, s.steps * s.config.epochs, s.config)
             with s.autocast:
                 logits = s.net(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=s.config.label_smoothing)
-            check_finite(s, loss, lr, epoch, k + 1)  # before the step: a bad step is never applied
+            skip = guard.add(loss, len(yb), lr, k + 1)  # before the step: a bad step is never applied
             s.ranks.scale(loss, len(yb), len(idx)).backward()
-            s.opt.step()
-            s.opt.zero_grad(set_to_none=True)
+            s.opt.step(lr, skip)
+            s.opt.zero_grad()
             loop.global_step += 1
-            loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(dim=1) == yb).sum()
             bar.update()
+            if (k + 1) % CHECK_EVERY == 0:
+                guard.check()
             if s.stop() and k + 1 < s.steps:
+                guard.check()
                 pause(s, loop, epoch, k + 1, perm, loss_sum, correct)
+    guard.check()
     return s.ranks.sum(loss_sum, correct)
 
 
@@ -320,23 +316,53 @@ def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = random_shift(xb.reshape(-1, 28, 28), s.config.shift, s.g)
     if s.config.flip:
         xb = random_flip(xb.reshape(-1, 28, 28), s.g)
+    if s.config.rotate or s.config.scale:
+        xb = random_affine(xb.reshape(-1, 28, 28), s.config.rotate, s.config.scale, s.g)
     xb, idx = s.ranks.part(xb), s.ranks.part(idx)  # augmentation was drawn for the whole batch
     return scale_images(xb), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
-    for group in opt.param_groups:
-        group["lr"] = lr
-    return lr
+class Guard:
+    """Adds each step's loss to the epoch's sum and keeps a non-finite one from reaching the weights.
 
+    One process: `skip` (0-d float32 on the device) turns 1.0 once the running sum is not finite and
+    stays so; the optimiser's kernel reads it and leaves weights and state as they were, so every step
+    from the bad one on is dropped without the host waiting on the device. check() reads it and raises
+    NonFiniteLoss naming the first bad step. Data-parallel ranks must agree before DDP averages the
+    gradients and already talk once per step (stop() rides on it), so there the check runs every step.
+    """
 
-def check_finite(s: Setup, loss: torch.Tensor, lr: float, epoch: int, step: int) -> None:
-    """Raise NonFiniteLoss on every rank when the loss of this step is not finite on any rank."""
-    if s.ranks.any(not torch.isfinite(loss)):
-        raise NonFiniteLoss(
-            f"the loss became {loss.item()} in epoch {epoch}, step {step} of {s.steps} (learning rate "
-            f"{lr:.3g}): the learning rate is probably too high; try --lr {s.config.lr / 10:g}",
-            epoch,
+    def __init__(self, s: Setup, epoch: int, loss_sum: torch.Tensor):
+        self.s, self.epoch, self.loss_sum = s, epoch, loss_sum
+        self.every_step = s.ranks.world > 1
+        self.skip = torch.zeros((), device=loss_sum.device)
+        self.skipped = torch.zeros((), device=loss_sum.device)  # steps dropped since the first bad one
+        self.seen: list[tuple[int, float]] = []  # (step, lr) of each step added since the last check
+
+    def add(self, loss: torch.Tensor, n: int, lr: float, step: int) -> torch.Tensor | None:
+        if self.every_step:
+            if self.s.ranks.any(not torch.isfinite(loss)):
+                raise self.error(loss.item(), step, lr)
+            self.loss_sum.add_(loss.detach(), alpha=n)
+            return None
+        self.loss_sum.add_(loss.detach(), alpha=n)
+        torch.ne(self.loss_sum * 0, 0, out=self.skip)  # x * 0 is 0 for a finite x, else nan
+        self.skipped.add_(self.skip)
+        self.seen.append((step, lr))
+        return self.skip
+
+    def check(self) -> None:
+        if self.every_step or not self.skip.item():
+            self.seen.clear()
+            return
+        step, lr = self.seen[len(self.seen) - int(self.skipped.item())]
+        raise self.error(self.loss_sum.item(), step, lr)
+
+    def error(self, loss: float, step: int, lr: float) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"the loss became {loss} in epoch {self.epoch}, step {step} of {self.s.steps} (learning rate "
+            f"{lr:.3g}): the learning rate is probably too high; try --lr {self.s.config.lr / 10:g}",
+            self.epoch,
         )
 
 
