@@ -186,14 +186,17 @@ def remove_lines(ink: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     """Ink without the paper's lines (rows, then columns, across the page) and a box around the digit:
     (ink, how many lines and sides were removed)."""
     ink = ink.copy()
-    strong = ink[ink > floor]
-    if strong.size:  # lines and boxes are drawn or printed: well above the noise
-        floor = max(floor, 0.25 * float(np.percentile(strong, 90)))
     removed = 0
-    for axis in (0, 1):
+    for axis in (0, 1):  # printed lines can be faint: anything above the noise counts
         for a, b in across(ink, floor, axis):
             inpaint(ink, a, b, axis)
             removed += 1
+    if removed:  # what is left of faint lines: a level along nearly all of a row or column
+        for axis in (0, 1):
+            ink = np.maximum(ink - np.percentile(ink, 20, axis=axis, keepdims=True).astype(np.float32), 0)
+    strong = ink[ink > floor]
+    if strong.size:  # a box is drawn: well above the noise (and specks cannot stretch its extent)
+        floor = max(floor, 0.25 * float(np.percentile(strong, 90)))
     sides = box_sides(ink, floor)
     for axis, a, b in sides or []:
         lo, hi = max(a - 2, 0), b + 2
