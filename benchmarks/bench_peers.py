@@ -65,7 +65,7 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, float, float]:
 def contenders(args, tmp: Path) -> dict[str, list[str]]:
     py = sys.executable
     densa = [py, "-m", "densa", "train", "--out"]
-    cmds = {"densa train": [*densa, str(tmp / "fp32")]}
+    cmds = {"densa train": [*densa, str(tmp / "fp32-{round}")]}
     keras = Path(args.keras_python).expanduser()
     if keras.exists():
         cmds["Keras 3"] = [str(keras), str(HERE / "keras_seed.py")]
@@ -73,7 +73,7 @@ def contenders(args, tmp: Path) -> dict[str, list[str]]:
         print(f"note: no Keras venv at {keras}: Keras is skipped (see this file's docstring to create it)")
     cmds["tutorial script"] = [py, str(HERE / "tutorial_seed.py")]
     if FAST_BF16[0] in cpu_flags() or FAST_BF16[1] in cpu_flags():
-        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16"), "--precision", "bf16"]
+        cmds["densa train --precision bf16"] = [*densa, str(tmp / "bf16-{round}"), "--precision", "bf16"]
     else:
         print("note: no AVX512-BF16/AMX here: densa refuses bf16, so its run is skipped")
     return cmds
@@ -97,7 +97,8 @@ def main() -> None:
         for r in range(args.runs + (0 if args.no_warmup else 1)):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                wall, rss, acc, cpu = run(cmds[name], env)
+                cmd = [a.replace("{round}", str(r)) for a in cmds[name]]  # a new run folder each round
+                wall, rss, acc, cpu = run(cmd, env)
                 warm = " (warm-up)" if r == 0 and not args.no_warmup else ""
                 print(f"  round {r}{warm}: {name}: {wall:.1f}s, {cpu:.1f} CPU s, {rss:.0f} MB, "
                       f"test_acc {acc:.4f}", flush=True)  # fmt: skip
