@@ -6,7 +6,10 @@ Renders N digits of MNIST's *test* split per condition of tests/realistic.py (sh
 pencil, rotation, ...; every other one saved as JPEG, as phones send them), prepares each with
 densa.images as `densa predict` does, and prints each model's accuracy per condition. An image the
 preparation refuses ("no digit found") counts as wrong. Then the not-a-digit set (letters, lines,
-scribbles, ...): the share that preparation already refuses as having no digit.
+scribbles, ...): the share that preparation already refuses as having no digit. Last, abstention: for
+each model, the share of the not-a-digit set refused (by preparation or by the model's decision), the
+share of the realistic digits refused, and the ROC AUC of the decision's score (digits against
+not-digits; a refusal by preparation scores as the most refused).
 
 The two runs (`densa train --seed 0` and `densa train --preset cnn --seed 0`) are trained once into
 --runs (default: densa's user cache, bench-photos/) and reused; the rendered images are cached there too.
@@ -99,6 +102,34 @@ def negative_files(kind: str, n: int, seed: int) -> list[bytes]:
     ]
 
 
+def refusal_scores(model, x: np.ndarray, refused: np.ndarray) -> np.ndarray:
+    """Each image's Decision.score (refused above 1); infinite where preparation already refused it."""
+    scores = np.full(len(x), np.inf)
+    if (~refused).any():
+        scores[~refused] = [d.score for d in model.decide(x[~refused])]
+    return scores
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a not-digit scores above a digit), ties counted half: the area under the ROC curve."""
+    above = (negative[:, None] > positive[None, :]).mean()
+    ties = (negative[:, None] == positive[None, :]).mean()
+    return float(above + ties / 2)
+
+
+def abstention(models: dict, digit_scores: dict, negative_scores: dict) -> None:
+    print("\nabstention: refused = preparation found no digit, or the decision was not an answer\n")
+    print("| model | detector | not-digits refused | digits refused | ROC AUC |")
+    print("|---|---|---:|---:|---:|")
+    for p, m in models.items():
+        pos, neg = np.concatenate(digit_scores[p]), np.concatenate(negative_scores[p])
+        method = "yes" if m.detector is not None else "none (confidence only)"
+        print(
+            f"| {PRESETS[p]} | {method} | {100 * (neg > 1).mean():.1f}% | {100 * (pos > 1).mean():.1f}% "
+            f"| {roc_auc(pos, neg):.3f} |"
+        )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500, help="digits per condition (default: 500)")
@@ -121,6 +152,8 @@ def main(argv=None) -> int:
     print(f"| condition | {' | '.join(presets.values())} | refused by preparation |")
     print("|---|" + "---:|" * (len(presets) + 1))
     worst = {p: 1.0 for p in presets}
+    digit_scores: dict = {p: [] for p in presets}
+    negative_scores: dict = {p: [] for p in presets}
     for condition in args.conditions.split(","):
         files, labels = files_for(condition, args.n, args.seed, runs, ds)
         x, refused, _ = prepared(files)
@@ -129,6 +162,7 @@ def main(argv=None) -> int:
             right = (m.predict(x) == labels) & ~refused
             accs.append(float(right.mean()))
             worst[p] = min(worst[p], accs[-1])
+            digit_scores[p].append(refusal_scores(m, x, refused))
         cells = " | ".join(f"{100 * a:.1f}%" for a in accs)
         print(f"| {condition} | {cells} | {int(refused.sum())} |", flush=True)
         if args.pictures:
@@ -144,9 +178,12 @@ def main(argv=None) -> int:
         common = sorted(set(reasons), key=reasons.count, reverse=True)[:2]
         print(f"| {kind} | {100 * refused.mean():.0f}% | {'; '.join(common)} |", flush=True)
         strip.append((kind, files[:8], x[:8]))
+        for p, m in models.items():
+            negative_scores[p].append(refusal_scores(m, x, refused))
     if args.pictures:
         for kind, files, x in strip:
             pictures(args.pictures, f"not-{kind}", files, x)
+    abstention(models, digit_scores, negative_scores)
     return 0
 
 

@@ -99,8 +99,8 @@ def test_create_app_runs_one_prediction_first(tiny_run):
     for broken, words in (
         (Broken(p, preprocess="nope"), "unknown preprocessing rule 'nope'"),
         (Broken(p, classes=list("abc")), "10 probabilities for 3 class names"),
-        (Broken(p, predict_proba=crash), "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
-        (Broken(p, predict_proba=lambda x: np.full((1, 10), np.nan)), "not finite"),
+        (Broken(p, assess=crash), "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+        (Broken(p, assess=lambda x: (np.full((1, 10), np.nan), p.assess(x)[1])), "not finite"),
     ):
         with pytest.raises(DensaError, match="cannot serve this model") as e:
             create_app(broken)
@@ -146,12 +146,12 @@ def test_an_unexpected_exception_is_a_json_500_and_one_log_line(predictor):
         calls.append(1)
         if len(calls) > 1:  # the self-check at start-up passes, the next call fails
             raise ValueError("boom")
-        return predictor.predict_proba(x)
+        return predictor.assess(x)
 
     log = Log()
     logging.getLogger("uvicorn.error").addHandler(log)
     try:
-        with client_for(create_app(Broken(predictor, predict_proba=flaky))) as c:
+        with client_for(create_app(Broken(predictor, assess=flaky))) as c:
             r = c.post("/api/predict", content=seven(), headers={"content-type": "image/png"})
             assert "ValueError" in is_problem(r, 500, "internal")
     finally:
