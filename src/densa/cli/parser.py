@@ -397,7 +397,7 @@ def add_predict(sub) -> None:
         help="classify image files (or look at one test image)",
         formatter_class=HelpFormatter,
         description="Classify your own images: each is prepared the way the model's dataset was made "
-        "(see `densa.images`), then classified. A folder predicts every image in it. With "
+        "(see `densa.inference.images`), then classified. A folder predicts every image in it. With "
         "--test-index, the tutorial's quick look at one test image instead. Each answer carries a "
         "decision: the class, or 'not sure' / 'not a digit' when the image is unlike the training digits "
         "(the detector `densa train` stores in the model; see docs/abstain.md).",
