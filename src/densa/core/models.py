@@ -54,11 +54,11 @@ class MLP(nn.Module):
 
     @property
     def last(self) -> nn.Linear:
-        """The output layer: forward(x) == last(body(x))."""
+        """The output layer: `forward(x) == last(body(x))`."""
         return self.net[-1]
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        """What the last layer sees: forward(x) == net[-1](body(x)). (N, last hidden width) features."""
+        """What the last layer sees: `forward(x) == net[-1](body(x))`. (N, last hidden width) features."""
         x = x.flatten(1)
         if self.normalize is not None:
             mean, std = self.normalize
@@ -128,7 +128,7 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        """What the last layer sees: forward(x) == head.net[-1](body(x)). (N, last hidden width)."""
+        """What the last layer sees: `forward(x) == head.net[-1](body(x))`. (N, last hidden width)."""
         x = x.reshape(-1, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         if self.normalize is not None:
             mean, std = self.normalize
