@@ -89,3 +89,16 @@ def register(root: Path) -> None:
     for folder in sorted(Path(root).iterdir()):
         if folder.is_dir():
             data.DATASETS[folder.name] = spec_from_dir(folder)
+
+
+def seven_png(fmt: str = "PNG", size: int = 280) -> bytes:
+    """A person's "7" (dark pen on white paper) as an encoded image file, for the serving tests."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (size, size), 255)
+    ImageDraw.Draw(im).line([(70, 60), (200, 60), (120, 230)], fill=0, width=size // 14)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()

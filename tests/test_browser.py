@@ -7,27 +7,15 @@ A screenshot of each drawing is saved in test-artifacts/.
 """
 
 import math
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from chromium import ARTIFACTS, launched
 
 pytestmark = [pytest.mark.browser, pytest.mark.realdata, pytest.mark.slow]
 
@@ -89,28 +77,15 @@ def server(mnist_run):
 
 @pytest.fixture
 def page(server):
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not found (apt-get install chromium)"
-        if os.environ.get("DENSA_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
-        try:
-            # bypass_csp: the page forbids eval, which Playwright's wait_for_function needs
-            page = browser.new_page(viewport={"width": 800, "height": 640}, bypass_csp=True)
-            page.set_default_timeout(20_000)
-            page.failed = []  # every response of 400 or more (a missing favicon would be one)
-            page.on("response", lambda r: page.failed.append((r.status, r.url)) if r.status >= 400 else None)
-            page.goto(server + "/")
-            page.wait_for_selector("body[data-ready='1']")
-            yield page
-        finally:
-            browser.close()
+    with launched() as browser:
+        # bypass_csp: the page forbids eval, which Playwright's wait_for_function needs
+        page = browser.new_page(viewport={"width": 800, "height": 640}, bypass_csp=True)
+        page.set_default_timeout(20_000)
+        page.failed = []  # every response of 400 or more (a missing favicon would be one)
+        page.on("response", lambda r: page.failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(server + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        yield page
 
 
 def draw(page, strokes):

@@ -7,26 +7,14 @@ screenshots go to test-artifacts/report-1280.png and report-390.png. Needs Debia
 /usr/bin/chromium; without it the test skips, unless DENSA_REQUIRE_BROWSER=1 (CI) makes that a failure.
 """
 
-import os
-from pathlib import Path
-
 import pytest
+from chromium import ARTIFACTS, launched
 from synthetic import write_dataset
 
 from densa.apps.report import write_report
 from densa.cli import main
 from densa.core import data
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PHONE = 390
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -61,20 +49,8 @@ def report(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not found (apt-get install chromium)"
-        if os.environ.get("DENSA_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched() as browser:
+        yield browser
 
 
 @pytest.mark.parametrize("width", [1280, PHONE])

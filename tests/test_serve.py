@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw
+from PIL import Image
+from synthetic import seven_png as seven
 
 from densa.apps.serve import create_app
 from densa.inference.predictor import open_predictor
-
-
-def seven(fmt="PNG", size=280) -> bytes:
-    im = Image.new("L", (size, size), 255)
-    ImageDraw.Draw(im).line([(70, 60), (200, 60), (120, 230)], fill=0, width=size // 14)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,10 @@
 """POST /api/predict as a form upload (curl -F file=@photo.jpg), errors in plain words, the favicon."""
 
-import io
-
 import pytest
-from PIL import Image, ImageDraw
+from synthetic import seven_png as seven
 
 from densa.apps.serve import create_app, form_file, megabytes
 from densa.inference.predictor import open_predictor
-
-
-def seven(fmt="PNG", size=280) -> bytes:
-    im = Image.new("L", (size, size), 255)
-    ImageDraw.Draw(im).line([(70, 60), (200, 60), (120, 230)], fill=0, width=size // 14)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

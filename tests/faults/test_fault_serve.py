@@ -16,6 +16,7 @@ import anyio
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from synthetic import seven_png as seven
 
 from densa.apps.serve import PixelBudget, allowed_hosts, create_app
 from densa.apps.serve_http import HeadGuard
@@ -27,14 +28,6 @@ from densa.core.errors import DensaError
 from densa.inference.predictor import open_predictor
 
 DEADLINE = 60.0  # seconds; a safety net only, never what a test measures
-
-
-def seven(size=280) -> bytes:
-    im = Image.new("L", (size, size), 255)
-    ImageDraw.Draw(im).line([(70, 60), (200, 60), (120, 230)], fill=0, width=size // 14)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def one_line_error(capsys, argv) -> str:
