@@ -49,6 +49,10 @@ class Detector:
 
     def __init__(self, arrays: dict, scales: dict, threshold: float, info: dict | None = None):
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+        # what every scoring call needs, computed once: the arrays in float64 and each class's m'Pm
+        self._wide = {k: v.astype(np.float64) for k, v in self.arrays.items()}
+        means, precision = self._wide["means"], self._wide["precision"]
+        self._mpm = ((means @ precision) * means).sum(1)
         self.scales = {k: (float(a), float(b)) for k, (a, b) in scales.items()}
         self.threshold = float(threshold)
         self.info = dict(info or {})
@@ -61,20 +65,17 @@ class Detector:
     def parts(self, features: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Each part's raw score, {name in PARTS: (N,)}, for (N, d) features and (N, 28, 28) pixels in
         [0, 1]."""
+        a = self._wide
         f = np.asarray(features, dtype=np.float64)
-        means, precision = (
-            self.arrays["means"].astype(np.float64),
-            self.arrays["precision"].astype(np.float64),
-        )
-        fp = f @ precision
+        fp = f @ a["precision"]
         # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for every class at once: (N, classes)
-        d2 = (fp * f).sum(1)[:, None] - 2 * fp @ means.T + ((means @ precision) * means).sum(1)[None]
+        d2 = (fp * f).sum(1)[:, None] - 2 * fp @ a["means"].T + self._mpm[None]
         z = np.asarray(pixels, dtype=np.float64).reshape(len(f), -1) - self.arrays["pixel_mean"]
-        v = self.arrays["components"].astype(np.float64)
+        v = a["components"]
         # |z - z V'V|^2 = |z|^2 - |z V'|^2 (V's rows are orthonormal), without a second (N, 784) array
         residual = np.maximum((z * z).sum(1) - ((z @ v.T) ** 2).sum(1), 0)
         s = shape_stats(pixels) - self.arrays["shape_mean"]
-        shape = ((s @ self.arrays["shape_precision"].astype(np.float64)) * s).sum(1)
+        shape = ((s @ a["shape_precision"]) * s).sum(1)
         return {"mahalanobis": np.maximum(d2.min(1), 0), "residual": residual, "shape": shape}
 
     def raw(self, features, pixels) -> np.ndarray:
