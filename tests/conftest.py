@@ -23,9 +23,31 @@ REAL_DATA_DIR = os.environ.get("DENSA_DATA_DIR")
 REAL_SYSTEM_DIRS = data.SYSTEM_DIRS
 
 
+@pytest.fixture(scope="session")
+def outlier_file(tmp_path_factory) -> Path:
+    """The detector's generated non-digits (core.outliers), drawn once per session: every test's own
+    cache gets a link to them, as a user's cache holds them after the first `densa train`."""
+    from densa.core import detector, outliers
+
+    folder = tmp_path_factory.mktemp("outliers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(folder))
+        outliers.cached_outliers(detector.OUTLIERS)
+    (path,) = (folder / "densa" / "outliers").iterdir()
+    return path
+
+
+def link_outliers(cache: Path, outlier_file: Path) -> None:
+    (cache / "densa" / "outliers").mkdir(parents=True, exist_ok=True)
+    link = cache / "densa" / "outliers" / outlier_file.name
+    if not link.exists():
+        link.symlink_to(outlier_file)
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path_factory, monkeypatch):
+def isolated(tmp_path_factory, monkeypatch, outlier_file):
     cache = tmp_path_factory.mktemp("cache")
+    link_outliers(cache, outlier_file)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("DENSA_DATA_DIR", raising=False)
     monkeypatch.setattr(data, "SYSTEM_DIRS", ())
@@ -55,8 +77,10 @@ def _real(name: str, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def real_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("real-cache")
+def real_cache(tmp_path_factory, outlier_file):
+    cache = tmp_path_factory.mktemp("real-cache")
+    link_outliers(cache, outlier_file)
+    return cache
 
 
 @pytest.fixture

@@ -1,14 +1,17 @@
-"""Knowing when not to answer: a one-class detector of images unlike the digits a model was trained on.
+"""Knowing when not to answer: a detector of images unlike the digits a model was trained on.
 
 `fit_detector(model, images, labels)` (densa.fit_detector; `densa train` runs it after training) measures
-how far an image lies from the training digits in three ways that fail on different inputs: the
+how far an image lies from the training digits in four ways that fail on different inputs: the
 class-conditional Mahalanobis distance (shared covariance) of the features the model's last layer sees,
-the residual of the 28x28 pixels outside the digits' principal components, and the Mahalanobis distance
-of six shape statistics (ink mass, height, width, fill, spread). Each is scaled by its spread on the
-fitting digits and the largest is the image's score; the threshold is the QUANTILE of the scores of
-held-out digits (no non-digit is ever seen), so `score(...) > 1` means "stranger than 99.5% of real
-digits". The arrays travel as base64 float32 in the model file's metadata (JSON under "detector"), so
-.safetensors and .onnx files carry the same detector. No torch at module level: ONNX scores with numpy.
+the residual of the 28x28 pixels outside the digits' principal components, the Mahalanobis distance of
+six shape statistics (ink mass, height, width, fill, spread), and a small network (one hidden layer)
+trained to tell the training digits from generated things that are not digits (core.outliers: letters,
+scribbles, lines, dots, shapes), on the features, the three distances and the shape statistics. Each is
+scaled by its spread on the fitting digits and the largest is the image's score; the threshold is the
+QUANTILE of the scores of held-out digits (the counter-examples never set it), so `score(...) > 1`
+means "stranger than 99% of real digits". The arrays travel as base64 float32 in the model file's
+metadata (JSON under "detector"), so .safetensors and .onnx files carry the same detector. No torch at
+module level: ONNX scores with numpy.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import numpy as np
 
 from .errors import DensaError
 
-FORMAT = "densa.detector.v1"
-QUANTILE = 0.995  # a held-out digit scores above the threshold this rarely
+FORMAT = "densa.detector.v2"
+FORMATS = ("densa.detector.v1", FORMAT)  # v1: no outlier network (files from densa before it had one)
+QUANTILE = 0.99  # a held-out digit scores above the threshold this rarely
+DISTANCE_QUANTILE = 0.995  # the distances' own scale: their largest at this quantile of held-out digits
 COMPONENTS = 50  # principal components of the digits' pixels kept by the input-space part
 FIT_IMAGES = 10_000  # training images the statistics are estimated on (a fixed random subset)
 CALIBRATE_IMAGES = (
@@ -30,8 +35,13 @@ CALIBRATE_IMAGES = (
 SHRINK = 1e-3  # ridge added to the covariance's diagonal, as a share of its mean variance
 UNSURE = 0.5  # an answer needs at least this probability; below it the model is "not sure"
 MAX_FEATURES = 65536
-PARTS = ("mahalanobis", "residual", "shape")
+PARTS = ("mahalanobis", "residual", "shape")  # the distances; "outlier" is the network's part
 ARRAYS = ("means", "precision", "pixel_mean", "components", "shape_mean", "shape_precision")
+NET_ARRAYS = ("feature_mean", "feature_scale", "stat_mean", "stat_scale", "w1", "b1", "w2", "b2")
+OUTLIERS = 8000  # generated counter-examples the network learns from (core.outliers; cached)
+HIDDEN = 128  # hidden units of each member of the network
+MEMBERS = 3  # networks trained from different starts and averaged (one network of MEMBERS * HIDDEN units)
+NET_STEPS, NET_BATCH, NET_LR = 300, 1024, 6e-3
 
 
 class DetectorError(DensaError):
@@ -43,43 +53,65 @@ class Detector:
 
     .arrays: "means" (classes, d) and "precision" (d, d) of the last layer's input features; "pixel_mean"
     (784,) and "components" (k, 784) of the digits' pixels; "shape_mean" (6,) and "shape_precision" (6, 6)
-    of their shape_stats. .scales: each part's (median, spread) on the fitting digits. .threshold: the
-    QUANTILE of the held-out digits' combined score. .info: what it was fitted on (for people to read).
+    of their shape_stats; and, for the outlier network (absent in v1 files), its input scaling
+    ("feature_mean", "feature_scale" (d,), "stat_mean", "stat_scale" (6,)) and weights ("w1" (d + 9,
+    HIDDEN), "b1", "w2" (HIDDEN, 1), "b2"). .scales: each part's (median, spread) on the fitting digits.
+    .threshold: the QUANTILE of the held-out digits' combined score. .info: what it was fitted on.
     """
 
     def __init__(self, arrays: dict, scales: dict, threshold: float, info: dict | None = None):
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
         # what every scoring call needs, computed once: the arrays in float64 and each class's m'Pm
-        self._wide = {k: v.astype(np.float64) for k, v in self.arrays.items()}
+        self._wide = {k: self.arrays[k].astype(np.float64) for k in ARRAYS}
         means, precision = self._wide["means"], self._wide["precision"]
         self._mpm = ((means @ precision) * means).sum(1)
         self.scales = {k: (float(a), float(b)) for k, (a, b) in scales.items()}
         self.threshold = float(threshold)
         self.info = dict(info or {})
 
+    @property
+    def has_net(self) -> bool:
+        return "w1" in self.arrays
+
     def __repr__(self) -> str:
         d = self.arrays["means"].shape
-        parts = f"{d[1]} features x {d[0]} classes, pixel residual, shape"
+        parts = f"{d[1]} features x {d[0]} classes, pixel residual, shape" + (", outlier net" * self.has_net)
         return f"Detector({parts}; threshold {self.threshold:.3g})"
 
     def parts(self, features: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Each part's raw score, {name in PARTS: (N,)}, for (N, d) features and (N, 28, 28) pixels in
-        [0, 1]."""
-        a = self._wide
-        f = np.asarray(features, dtype=np.float64)
+        """Each part's raw score, {name: (N,)}, for (N, d) features and (N, 28, 28) pixels in [0, 1]."""
+        parts, stats = self.distances(features, pixels)
+        if self.has_net and "outlier" in self.scales:
+            parts["outlier"] = self.net_logit(net_input(self.arrays, features, parts, stats, self.scales))
+        return parts
+
+    def distances(self, features, pixels) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({name in PARTS: (N,) float64}, shape_stats (N, 6)). The products in float32, the sums that
+        can cancel in float64."""
+        a = self.arrays
+        f = np.asarray(features, dtype=np.float32)
         fp = f @ a["precision"]
         # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for every class at once: (N, classes)
-        d2 = (fp * f).sum(1)[:, None] - 2 * fp @ a["means"].T + self._mpm[None]
-        z = np.asarray(pixels, dtype=np.float64).reshape(len(f), -1) - self.arrays["pixel_mean"]
-        v = a["components"]
+        fpf = np.einsum("nd,nd->n", fp, f, dtype=np.float64)
+        d2 = fpf[:, None] - 2 * (fp @ a["means"].T).astype(np.float64) + self._mpm[None]
+        z = np.asarray(pixels, dtype=np.float32).reshape(len(f), -1) - a["pixel_mean"]
         # |z - z V'V|^2 = |z|^2 - |z V'|^2 (V's rows are orthonormal), without a second (N, 784) array
-        residual = np.maximum((z * z).sum(1) - ((z @ v.T) ** 2).sum(1), 0)
-        s = shape_stats(pixels) - self.arrays["shape_mean"]
-        shape = ((s @ a["shape_precision"]) * s).sum(1)
-        return {"mahalanobis": np.maximum(d2.min(1), 0), "residual": residual, "shape": shape}
+        zz = np.einsum("nd,nd->n", z, z, dtype=np.float64)
+        zv = (z @ a["components"].T).astype(np.float64)
+        residual = np.maximum(zz - (zv**2).sum(1), 0)
+        stats = shape_stats(pixels)
+        s = stats - self._wide["shape_mean"]
+        shape = ((s @ self._wide["shape_precision"]) * s).sum(1)
+        return {"mahalanobis": np.maximum(d2.min(1), 0), "residual": residual, "shape": shape}, stats
+
+    def net_logit(self, x: np.ndarray) -> np.ndarray:
+        """The outlier network's logit (N,) for its inputs (N, d + 9): above 0 it thinks "not a digit"."""
+        a = self.arrays
+        h = np.maximum(x.astype(np.float32) @ a["w1"] + a["b1"], 0)
+        return (h @ a["w2"] + a["b2"])[:, 0].astype(np.float64)
 
     def raw(self, features, pixels) -> np.ndarray:
-        """The larger of the parts, each scaled to (score - median) / spread of the fitting digits."""
+        """The largest of the parts, each scaled to (score - median) / spread of the fitting digits."""
         parts = self.parts(features, pixels)
         return np.maximum.reduce([(parts[k] - m) / s for k, (m, s) in self.scales.items()])
 
@@ -112,9 +144,10 @@ class Detector:
         """The detector a model file carries, every field checked (a damaged one is refused, not guessed)."""
         try:
             d = json.loads(text)
-            ok = isinstance(d, dict) and d.get("format") == FORMAT
-            arrays = {k: _array(d["arrays"][k]) for k in ARRAYS}
-            scales = {k: d["scales"][k] for k in PARTS}
+            ok = isinstance(d, dict) and d.get("format") in FORMATS
+            v2 = ok and d["format"] == FORMAT
+            arrays = {k: _array(d["arrays"][k]) for k in ARRAYS + NET_ARRAYS * v2}
+            scales = {k: d["scales"][k] for k in PARTS + ("outlier",) * v2}
             threshold = d["threshold"]
         except (ValueError, KeyError, TypeError) as e:
             raise DetectorError(
@@ -126,6 +159,7 @@ class Detector:
         ok = ok and arrays["components"].shape[1] == 784 and arrays["components"].shape[0] <= 784
         ok = ok and arrays["shape_mean"].shape == (6,) and arrays["shape_precision"].shape == (6, 6)
         ok = ok and (features is None or dim == features) and (classes is None or k == classes)
+        ok = ok and (not v2 or _net_fits(arrays, dim))
         ok = ok and all(np.isfinite(a).all() for a in arrays.values())
         ok = ok and all(_pair(v) for v in scales.values()) and _finite(threshold) and threshold > 0
         if not ok:
@@ -157,6 +191,24 @@ def shape_stats(pixels: np.ndarray) -> np.ndarray:
     sc = np.sqrt(np.maximum(x.sum(1) @ idx**2 / mass - c**2, 0))
     fill = mass / np.maximum(h * w, 1)
     return np.stack([np.log(mass), h, w, fill, sr, sc], axis=1)
+
+
+def net_input(arrays: dict, features, parts: dict, stats, scales: dict) -> np.ndarray:
+    """The outlier network's input (N, d + 9) float32: the standardised features, log(1 + each scaled
+    distance) (floored), and the standardised shape statistics."""
+    f = (np.asarray(features, np.float32) - arrays["feature_mean"]) / arrays["feature_scale"]
+    dist = np.stack([(parts[k] - m) / s for k, (m, s) in ((k, scales[k]) for k in PARTS)], 1)
+    st = (stats - arrays["stat_mean"]) / arrays["stat_scale"]
+    return np.concatenate([f, np.log1p(np.maximum(dist, -0.9)), st], 1).astype(np.float32)
+
+
+def _net_fits(a: dict, dim: int) -> bool:
+    h = a["w1"].shape[1] if a["w1"].ndim == 2 else 0
+    shapes = {
+        "feature_mean": (dim,), "feature_scale": (dim,), "stat_mean": (6,), "stat_scale": (6,),
+        "w1": (dim + 9, h), "b1": (h,), "w2": (h, 1), "b2": (1,),
+    }  # fmt: skip
+    return h > 0 and all(a[k].shape == v for k, v in shapes.items()) and (a["feature_scale"] > 0).all()
 
 
 def _array(entry) -> np.ndarray:
@@ -207,6 +259,18 @@ def _gram(a: np.ndarray) -> np.ndarray:
     return (t.T @ t).double().numpy()
 
 
+def _top_vectors(gram: np.ndarray, k: int, iterations: int = 8) -> np.ndarray:
+    """The k leading eigenvectors (k, n) of a symmetric positive semi-definite matrix: subspace
+    iteration on k + 10 vectors from a fixed start, then the exact eigenvectors of the small projected
+    matrix (numpy's full eigh of a 784 x 784 matrix took seconds on two cores; this takes milliseconds)."""
+    n = len(gram)
+    q = np.linalg.qr(np.random.default_rng(0).standard_normal((n, min(k + 10, n))))[0]
+    for _ in range(iterations):
+        q = np.linalg.qr(gram @ q)[0]
+    values, small = np.linalg.eigh(q.T @ gram @ q)  # ascending
+    return (q @ small[:, ::-1][:, :k]).T
+
+
 def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, classes: int) -> dict:
     """The detector's arrays from the fitting digits: class means, shared precision, pixel PCA."""
     f = feats.astype(np.float64)
@@ -217,8 +281,7 @@ def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, cl
     precision = np.linalg.inv(cov)
     x = pixels.reshape(len(pixels), -1)
     pixel_mean = x.mean(0, dtype=np.float64)
-    _, vectors = np.linalg.eigh(_gram(x - pixel_mean))  # ascending eigenvalues
-    vt = vectors[:, ::-1].T
+    vt = _top_vectors(_gram(x - pixel_mean.astype(np.float32)), COMPONENTS)
     stats = shape_stats(pixels)
     shape_mean = stats.mean(0)
     shape_cov = np.cov(stats - shape_mean, rowvar=False)
@@ -227,7 +290,7 @@ def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, cl
         "means": means,
         "precision": precision,
         "pixel_mean": pixel_mean,
-        "components": vt[:COMPONENTS],
+        "components": vt,
         "shape_mean": shape_mean,
         "shape_precision": np.linalg.inv(shape_cov),
     }
@@ -237,10 +300,14 @@ def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Dete
     """Fit the detector for a trained densa MLP or CNN.
 
     `images`, `labels`: training digits (uint8 (N, 28, 28) and (N,)); FIT_IMAGES of them (a fixed random
-    subset for `seed`) give the statistics. `calibration`: held-out digits (the val split) whose
-    QUANTILE sets the threshold; without it, CALIBRATE_IMAGES other training images do (info says which).
+    subset for `seed`) give the statistics and the network's digits; OUTLIERS generated non-digits
+    (core.outliers, cached in densa's user cache) its counter-examples. `calibration`: held-out digits
+    (the val split) whose QUANTILE sets the threshold; without it, CALIBRATE_IMAGES other training images
+    do (info says which).
     """
     import torch
+
+    from .outliers import cached_outliers
 
     labels = np.asarray(torch.as_tensor(labels).cpu())
     n = len(labels)
@@ -249,12 +316,10 @@ def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Dete
     fit_idx = np.sort(order[held : held + FIT_IMAGES])
     pixels = np.asarray(torch.as_tensor(images)[torch.as_tensor(fit_idx)].cpu())
     feats, logits = features_and_logits(model, pixels)
-    stats = fit_statistics(feats, labels[fit_idx], pixels / 255.0, logits.shape[1])
+    stats = fit_statistics(feats, labels[fit_idx], _unit(pixels), logits.shape[1])
     probe = Detector(stats, dict.fromkeys(PARTS, (0, 1)), 1.0)
-    parts = probe.parts(feats, pixels / 255.0)
-    scales = {
-        k: (float(np.median(v)), float(np.quantile(v, 0.99) - np.median(v)) or 1.0) for k, v in parts.items()
-    }
+    digits = (feats, *probe.distances(feats, _unit(pixels)))
+    scales = {k: _scale(v) for k, v in digits[1].items()}
     if calibration is not None:
         cal_images, source = calibration, "val split"
     else:
@@ -265,14 +330,90 @@ def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Dete
         )
     cal = np.asarray(torch.as_tensor(cal_images).cpu())[:CALIBRATE_IMAGES]
     cal_feats, _ = features_and_logits(model, cal)
+    held_out = (cal_feats, *probe.distances(cal_feats, _unit(cal)))
+    # the three distances on one footing with the network: their largest over its DISTANCE_QUANTILE on
+    # the held-out digits
+    base = float(np.quantile(_largest(held_out[1], scales), DISTANCE_QUANTILE))
+    scales = {k: (m, s * max(base, 1e-6)) for k, (m, s) in scales.items()}
+    others = cached_outliers(OUTLIERS)
+    other_feats, _ = features_and_logits(model, others)
+    negatives = (other_feats, *probe.distances(other_feats, _unit(others)))
+    stats.update(fit_net(scales, digits, negatives, seed))
     probe = Detector(stats, scales, 1.0)
-    threshold = float(np.quantile(probe.raw(cal_feats, cal / 255.0), QUANTILE))
+    scales["outlier"] = _scale(probe.net_logit(net_input(stats, *digits, scales)))
+    cal_parts = {**held_out[1], "outlier": probe.net_logit(net_input(stats, *held_out, scales))}
+    threshold = float(np.quantile(_largest(cal_parts, scales), QUANTILE))
     info = {
         "method": "max(mahalanobis distance of the last layer's input, pixel residual outside "
-        f"{COMPONENTS} principal components, mahalanobis distance of 6 shape statistics)",
+        f"{COMPONENTS} principal components, mahalanobis distance of 6 shape statistics, a {HIDDEN}-unit "
+        f"network telling digits from {len(others)} generated non-digits)",
         "fitted_on": f"{len(fit_idx)} training images",
         "calibrated_on": f"{len(cal)} {source}",
         "quantile": QUANTILE,
         "seed": seed,
     }
     return Detector(stats, scales, max(threshold, 1e-6), info)
+
+
+def _scale(v: np.ndarray) -> tuple[float, float]:
+    """(median, 99th percentile - median) of a part's scores on the fitting digits."""
+    med = float(np.median(v))
+    return med, float(np.quantile(v, 0.99) - med) or 1.0
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255)
+
+
+def _largest(parts: dict, scales: dict) -> np.ndarray:
+    return np.maximum.reduce([(parts[k] - m) / s for k, (m, s) in scales.items()])
+
+
+def _train_net(x, y, seed: int):
+    """(w1, b1, w2, b2) of one member: HIDDEN ReLU units and a logit, Adam on binary cross-entropy."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    w1 = (torch.randn(x.shape[1], HIDDEN, generator=g) / x.shape[1] ** 0.5).requires_grad_()
+    w2 = (torch.randn(HIDDEN, 1, generator=g) / HIDDEN**0.5).requires_grad_()
+    b1, b2 = torch.zeros(HIDDEN, requires_grad=True), torch.zeros(1, requires_grad=True)
+    params = [w1, b1, w2, b2]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    steps = [torch.zeros(()) for _ in params]
+    for _ in range(NET_STEPS):  # Adam (torch's fused kernel, as densa's optimisers; no torch.optim)
+        i = torch.randint(len(x), (NET_BATCH,), generator=g)
+        z = torch.relu(x[i] @ w1 + b1) @ w2 + b2
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y[i])
+        grads = torch.autograd.grad(loss, params)
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            [p.data for p in params], list(grads), m, v, [], steps, lr=NET_LR, beta1=0.9, beta2=0.999,
+            weight_decay=1e-4, eps=1e-8, amsgrad=False, maximize=False,
+        )  # fmt: skip
+    return tuple(p.detach() for p in params)
+
+
+def fit_net(scales: dict, digits, others, seed: int) -> dict:
+    """The outlier network's arrays: HIDDEN ReLU units and one logit, trained (Adam, NET_STEPS steps of
+    NET_BATCH, binary cross-entropy) to say 1 for `others` and 0 for `digits`, each (features, distances,
+    shape stats). Its own torch generator: the global random state is left as it was."""
+    import torch
+
+    feats, _, stat_values = digits
+    scaling = {
+        "feature_mean": feats.mean(0),
+        "feature_scale": feats.std(0) + 1e-3,
+        "stat_mean": stat_values.mean(0),
+        "stat_scale": stat_values.std(0) + 1e-6,
+    }
+    scaling = {k: v.astype(np.float32) for k, v in scaling.items()}
+    x = torch.from_numpy(
+        np.concatenate([net_input(scaling, *digits, scales), net_input(scaling, *others, scales)])
+    )
+    y = torch.cat([torch.zeros(len(feats)), torch.ones(len(others[0]))])
+    nets = [_train_net(x, y, seed * MEMBERS + k) for k in range(MEMBERS)]
+    # the members' mean logit is one network: their hidden units side by side, each output weight / MEMBERS
+    w1, b1 = torch.cat([n[0] for n in nets], 1), torch.cat([n[1] for n in nets])
+    w2, b2 = torch.cat([n[2] for n in nets]) / MEMBERS, sum(n[3] for n in nets) / MEMBERS
+    net = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+    return {**scaling, **{k: t.detach().numpy() for k, t in net.items()}}
