@@ -139,6 +139,10 @@ def test_a_damaged_detector_is_refused(synth_run):
     with pytest.raises(DetectorError, match="does not fit"):
         Detector.from_json(json.dumps(bad), "f")
     bad = json.loads(text)
+    bad["format"] = "densa.detector.v9"
+    with pytest.raises(DetectorError, match=r"\(densa.detector.v9\) was written by a newer densa; upgrade"):
+        Detector.from_json(json.dumps(bad), "f")
+    bad = json.loads(text)
     del bad["arrays"]["w1"]
     with pytest.raises(DetectorError, match="damaged"):
         Detector.from_json(json.dumps(bad), "f")

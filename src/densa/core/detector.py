@@ -144,6 +144,11 @@ class Detector:
         """The detector a model file carries, every field checked (a damaged one is refused, not guessed)."""
         try:
             d = json.loads(text)
+            fmt = d.get("format") if isinstance(d, dict) else None
+            if isinstance(fmt, str) and fmt.startswith("densa.detector.") and fmt not in FORMATS:
+                raise DetectorError(
+                    f"{file}: its detector ({fmt}) was written by a newer densa; upgrade densa to use it"
+                )
             ok = isinstance(d, dict) and d.get("format") in FORMATS
             v2 = ok and d["format"] == FORMAT
             arrays = {k: _array(d["arrays"][k]) for k in ARRAYS + NET_ARRAYS * v2}
