@@ -41,7 +41,7 @@ NET_ARRAYS = ("feature_mean", "feature_scale", "stat_mean", "stat_scale", "w1", 
 OUTLIERS = 8000  # generated counter-examples the network learns from (core.outliers; cached)
 HIDDEN = 128  # hidden units of each member of the network
 MEMBERS = 3  # networks trained from different starts and averaged (one network of MEMBERS * HIDDEN units)
-NET_STEPS, NET_BATCH, NET_LR = 300, 1024, 6e-3
+NET_STEPS, NET_BATCH, NET_LR = 300, 512, 6e-3
 
 
 class DetectorError(DensaError):
