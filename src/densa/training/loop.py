@@ -23,6 +23,7 @@ from ..core.config import TrainConfig
 from ..core.errors import DensaError
 from ..core.evaluate import scale_images
 from .augment import random_affine
+from .direct import DirectStep, direct_step
 from .distributed import LocalGroup
 from .optim import Optimizer, make_optimizer
 
@@ -142,6 +143,7 @@ class Setup:
     val: tuple[torch.Tensor, torch.Tensor] | None
     ranks: object  # distributed.Group, or LocalGroup for one process
     autocast: contextlib.AbstractContextManager
+    direct: DirectStep | None  # forward + gradients without autograd (a plain MLP on one process)
     stop: Callable[[], bool]  # true on every rank at the same step once it is true on one
     on_state: Callable[[dict], None]
     progress: bool
@@ -223,8 +225,9 @@ def setup(
     net = ranks.wrap(model, config.seed, loop.global_step)  # after restoring: rank 0's weights, RNG
     bf16 = resolve_precision(config.precision, device.type) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    direct = direct_step(model, ranks, bf16, config.label_smoothing)
     s = Setup(
-        model, net, opt, g, config, images.to(device), labels.to(device), val, ranks, autocast,
+        model, net, opt, g, config, images.to(device), labels.to(device), val, ranks, autocast, direct,
         stop=ranks.agreed(stop or _never), on_state=on_state or _ignore, progress=progress,
     )  # fmt: skip
     return s, loop
@@ -269,11 +272,15 @@ def train_epoch(s: Setup, loop: LoopState, epoch: int) -> tuple[torch.Tensor, to
             idx = perm[k * bs : (k + 1) * bs]
             xb, yb = batch(s, idx)
             lr = lr_at(loop.global_step, s.steps * s.config.epochs, s.config)
-            with s.autocast:
-                logits = s.net(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=s.config.label_smoothing)
-            skip = guard.add(loss, len(yb), lr, k + 1)  # before the step: a bad step is never applied
-            s.ranks.scale(loss, len(yb), len(idx)).backward()
+            if s.direct is not None:  # a plain MLP: the same gradients without autograd's graph
+                loss, logits = s.direct(xb, yb)
+                skip = guard.add(loss, len(yb), lr, k + 1)
+            else:
+                with s.autocast:
+                    logits = s.net(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=s.config.label_smoothing)
+                skip = guard.add(loss, len(yb), lr, k + 1)  # before backward: a bad step is never applied
+                s.ranks.scale(loss, len(yb), len(idx)).backward()
             s.opt.step(lr, skip)
             s.opt.zero_grad()
             loop.global_step += 1
@@ -311,7 +318,7 @@ def progress_bar(s: Setup, done: int, epoch: int):
 
 def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's images in [0, 1] and labels of the global batch `idx`, augmented as configured."""
-    xb = s.images[idx]
+    xb = s.images.index_select(0, idx)  # the same as images[idx], ~10x faster for a uint8 batch
     if s.config.shift:
         xb = random_shift(xb.reshape(-1, 28, 28), s.config.shift, s.g)
     if s.config.flip:
@@ -319,7 +326,7 @@ def batch(s: Setup, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if s.config.rotate or s.config.scale:
         xb = random_affine(xb.reshape(-1, 28, 28), s.config.rotate, s.config.scale, s.g)
     xb, idx = s.ranks.part(xb), s.ranks.part(idx)  # augmentation was drawn for the whole batch
-    return scale_images(xb), s.labels[idx]  # uint8 -> [0, 1], as the tutorial's ToTensor
+    return scale_images(xb), s.labels.index_select(0, idx)  # uint8 -> [0, 1], as the tutorial's ToTensor
 
 
 class Guard:
