@@ -43,8 +43,8 @@ def direct_step(model: nn.Module, ranks, bf16: bool, label_smoothing: float) -> 
     layers = (nn.Linear, getattr(nn, ACTIVATIONS[act]))
     if act not in ACTS or any(type(m) not in layers for m in model.net):
         return None  # dropout, or anything else autograd would have to handle
-    if any(_hooked(m) for m in model.modules()) or _global_hooks():
-        return None
+    if any(_hooked(m) or "forward" in vars(m) for m in model.modules()) or _global_hooks():
+        return None  # someone watches or replaces a forward: it has to run
     params = list(model.parameters())
     if any(not p.requires_grad or p.dtype != torch.float32 for p in params):
         return None
