@@ -130,6 +130,7 @@ def test_only_plain_mlps_in_one_process_take_it():
     frozen = MLP([784, 32, 10])
     frozen.net[0].weight.requires_grad_(False)
     assert direct_step(frozen, LocalGroup(), False, 0.0) is None
+    assert direct_step(MLP([784, 32, 10]).to("meta"), LocalGroup(), False, 0.0) is None  # CPUs only
     patched = MLP([784, 32, 10])
     patched.forward = lambda x: x
     assert direct_step(patched, LocalGroup(), False, 0.0) is None

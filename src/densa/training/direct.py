@@ -1,12 +1,12 @@
 """A plain MLP's training step without autograd: forward, loss, and each parameter's gradient by hand.
 
-The loop uses it instead of `loss.backward()` when the model is an MLP (Linear layers and an activation,
-no dropout, no hooks) trained in one process. It calls the ATen ops autograd would run for that graph,
-in the same order and dtypes (under bf16 autocast: weights and inputs cast to bf16, products in bf16,
-gradients cast back to float32), so the gradients and the loss are the same bits; what it saves is
-autograd's graph, the per-step allocation of every large tensor and, in bf16, the page faults those
-fresh tensors cost. With label smoothing the loss's own gradient (logits only) still comes from
-autograd, which keeps cross_entropy's exact semantics for the price of a (batch, classes) graph.
+The loop uses it instead of `loss.backward()` when the model is an MLP (Linear layers and an
+activation, no dropout, no hooks) trained in one process on a CPU. It calls the ATen ops autograd
+would run for that graph, in the same order and dtypes (under bf16 autocast: weights and inputs cast
+to bf16, products in bf16, gradients cast back to float32), so the gradients and the loss are the same
+bits; what it saves is autograd's graph, the per-step allocation of every large tensor and, in bf16,
+the page faults those fresh tensors cost. With label smoothing the loss's own gradient (logits only)
+still comes from autograd, which keeps cross_entropy's exact semantics for a (batch, classes) graph.
 tests/test_direct.py checks all of it against autograd.
 """
 
@@ -36,7 +36,7 @@ ACTS = {
 
 
 def direct_step(model: nn.Module, ranks, bf16: bool, label_smoothing: float) -> DirectStep | None:
-    """A DirectStep for `model` when it is a plain MLP trained in one process, else None (use autograd)."""
+    """A DirectStep for `model` when it is a plain MLP trained in one process on a CPU, else None."""
     if type(model) is not MLP or ranks.world > 1 or model.config is None:
         return None
     act = model.config.activation
@@ -46,8 +46,8 @@ def direct_step(model: nn.Module, ranks, bf16: bool, label_smoothing: float) -> 
     if any(_hooked(m) or "forward" in vars(m) for m in model.modules()) or _global_hooks():
         return None  # someone watches or replaces a forward: it has to run
     params = list(model.parameters())
-    if any(not p.requires_grad or p.dtype != torch.float32 for p in params):
-        return None
+    if any(not p.requires_grad or p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return None  # checked against autograd on CPUs only
     return DirectStep(model, ACTS[act], bf16, label_smoothing)
 
 
