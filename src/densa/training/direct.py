@@ -63,11 +63,13 @@ def _global_hooks() -> bool:
 
 class DirectStep:
     """`step(x, y)`: the loss (0-d float32) and logits of images `x` (B, 784) in [0, 1] and labels `y`,
-    with each parameter's `.grad` set to the gradient of the mean loss.
+    with each parameter's `.grad` set to the gradient of the mean loss. The logits and the gradients
+    are buffers that the next call overwrites.
 
     Every large tensor of a step (activations, their gradients, the bf16 copies of the weights, the
     gradients themselves) lives in a buffer made at the first step of each batch size and written in
-    place after that: a fresh megabyte-sized tensor per step costs its page faults again every step.
+    place after that: fresh, the bf16 copy of the first layer's weights took ~0.7 ms a step here
+    (page faults) against ~0.1 ms into a buffer.
     """
 
     def __init__(self, model: MLP, act, bf16: bool, label_smoothing: float):
