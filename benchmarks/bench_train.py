@@ -1,6 +1,6 @@
 """Training speed against its floor: densa's epoch vs the bare matrix products of the same shapes.
 
-    python benchmarks/bench_train.py [--rounds 3] [--images 60000] [--threads N] [--no-tutorial]
+    python benchmarks/bench_train.py [--rounds 3] [--images 60000] [--threads N] [--no-tutorial] [--autograd]
 
 Floor: one epoch of the seed recipe's matrix products alone (784->512->10 MLP, batch 128, 469 steps, the
 last of 96 images): forward x@W1.T and h@W2.T, backward dW2 = g.T@h, dh = g@W2 and dW1 = dh.T@x, in
@@ -11,6 +11,9 @@ rounds. Targets: fp32 epoch <= 1.15x the fp32 floor; where the CPU multiplies bf
 (AVX512-BF16 or AMX) also bf16 epoch <= 1.3x the bf16 floor and <= 0.5x densa's fp32 epoch (without
 it densa refuses bf16, and so does this benchmark). Also: loading the four MNIST files, warm.
 --images N times the first N training images only (a busy machine; the ratios are per step anyway).
+--autograd also times densa's loop with its direct MLP step turned off (every step through autograd,
+as for any other model) in the same rounds: on a shared machine, where two processes' figures differ
+more than the change itself, that in-process comparison is the fair one.
 Each figure is given as wall time and as this process's CPU time (user + system, all threads): on a
 machine shared with other work the wall time mostly measures the others, the CPU time much less so
 (with --threads 1 it has no threads waiting on each other either).
@@ -58,6 +61,18 @@ def timed(fn, *args, **kwargs) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+def autograd_train(*args, **kwargs):
+    """densa.train with the direct MLP step (densa.training.direct) turned off: gradients via autograd."""
+    from densa.training import loop
+
+    real = loop.direct_step
+    loop.direct_step = lambda *a: None
+    try:
+        return loop.train(*args, **kwargs)
+    finally:
+        loop.direct_step = real
+
+
 def tutorial_epoch(model, opt, loader) -> None:
     import torch.nn.functional as F
 
@@ -85,6 +100,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=60000, help="train on the first N images (a part epoch)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-tutorial", action="store_true", help="skip the tutorial's DataLoader loop")
+    ap.add_argument("--autograd", action="store_true", help="also time densa's loop without its direct step")
     args = ap.parse_args()
 
     import torch
@@ -115,11 +131,13 @@ def main() -> None:
     images, labels = ds.train_images[: args.images], ds.train_labels[: args.images]
     x = images.reshape(-1, 784).float() / 255
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
-    times = {k: [] for k in ("tutorial", *(f"{p} {w}" for p in precisions for w in ("floor", "densa")))}
+    ways = ("floor", "densa", "autograd")
+    times = {k: [] for k in ("tutorial", *(f"{p} {w}" for p in precisions for w in ways))}
     models = {}
     for p in precisions:
-        torch.manual_seed(0)
-        models[p] = MLP([784, 512, 10])
+        for way in ways[1:]:
+            torch.manual_seed(0)
+            models[p, way] = MLP([784, 512, 10])
     if not args.no_tutorial:
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -131,10 +149,15 @@ def main() -> None:
         for p in precisions:
             dtype = torch.bfloat16 if p == "bf16" else torch.float32
             floor = floor_epoch(x, dtype, seed=r)
-            epoch = timed(train, models[p], images, labels, epochs=1, seed=r, precision=p)
+            run = {"epochs": 1, "seed": r, "precision": p}
+            epoch = timed(train, models[p, "densa"], images, labels, **run)
+            if args.autograd:
+                t = timed(autograd_train, models[p, "autograd"], images, labels, **run)
             if r:
                 times[f"{p} floor"].append(floor)
                 times[f"{p} densa"].append(epoch)
+                if args.autograd:
+                    times[f"{p} autograd"].append(t)
         if not args.no_tutorial:
             t = timed(tutorial_epoch, ref, ref_opt, loader)
             if r:
@@ -150,6 +173,12 @@ def main() -> None:
                 f"  {clock:>4} {p}: floor {floor:.3f}s, densa {epoch:.3f}s -> {epoch / floor:.2f}x the floor "
                 f"(target <= {target}); overhead {(epoch - floor) / steps * 1e6:.0f} us/step"
             )
+            if f"{p} autograd" in med:
+                slow = med[f"{p} autograd"]
+                print(
+                    f"  {clock:>4} {p}: densa via autograd {slow:.3f}s -> {slow / floor:.2f}x the floor; "
+                    f"the direct step saves {(slow - epoch) / steps * 1e6:.0f} us/step"
+                )
         if bf16:
             ratio = med["bf16 densa"] / med["fp32 densa"]
             print(f"  {clock:>4} bf16 epoch / fp32 epoch: {ratio:.2f}x (target <= 0.5)")
