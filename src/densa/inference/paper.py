@@ -13,6 +13,7 @@ import numpy as np
 
 LINE_COVER = 0.8  # a row (column) is a line when this share of it is ink
 LINE_THIN = 0.025  # ... and its band is at most this share of the page thick (3 px at least)
+LINE_RUN = 0.25  # ink running along this share of a row (column), or covering it, is a line, not a stroke
 BOX_NEAR = 0.15  # a box's side lies within this share of the ink's extent from its edge
 BOX_THIN = 0.15  # ... and is at most this share of the box's other side thick
 
@@ -56,13 +57,24 @@ def darkness(px: np.ndarray) -> np.ndarray:
 
 def stroke(d: np.ndarray) -> float:
     """A typical pen stroke's width in pixels: the shorter of the horizontal and vertical run of ink
-    through each pixel above half the strokes' darkness, at its 30th percentile (blobs count less)."""
+    through each pixel above half (and above 60%) of the strokes' darkness, at its 30th percentile (blobs
+    count less); the larger of the two readings. Pixels of lines across the page (long runs, or rows and
+    columns a quarter covered) do not count: a grid's or ruled paper's thin lines are not the pen. A
+    grid's lines can reach half the strokes' darkness, in fragments (the higher threshold leaves them
+    out); a pencil's grainy strokes break up at the higher threshold (the lower one reads them)."""
     top = float(np.percentile(d, 99.9))
     if top < 0.1:
         return 1.0
-    m = d > 0.5 * top
-    across = np.minimum(run_lengths(m), run_lengths(m.T).T)[m]
-    return float(np.percentile(across, 30)) if across.size else 1.0
+    widths = [1.0]
+    for level in (0.5, 0.6):
+        m = d > level * top
+        rows, cols = run_lengths(m), run_lengths(m.T).T
+        line = (rows >= LINE_RUN * m.shape[1]) | (cols >= LINE_RUN * m.shape[0])
+        line |= (m.mean(axis=1, keepdims=True) >= LINE_RUN) | (m.mean(axis=0, keepdims=True) >= LINE_RUN)
+        across = np.minimum(rows, cols)[m & ~line]
+        if across.size:
+            widths.append(float(np.percentile(across, 30)))
+    return max(widths)
 
 
 def run_lengths(m: np.ndarray) -> np.ndarray:
@@ -108,11 +120,20 @@ def dark_ink(grey: np.ndarray) -> bool:
     darker, lighter = float(np.percentile(-r, 99.9)), float(np.percentile(r, 99.9))
     if lighter < 0.05 or darker >= 1.25 * lighter:
         return True  # nothing clearly lighter (paper is usually the light side), or clearly darker
-    if lighter >= 1.25 * darker:
-        return False
-    # as far either way (paper inside a thick loop): the marks are the side further from most pixels
+    # the paper is most of the image: the marks are the side further from the median (paper left inside
+    # a thick loop stands out as lighter than the ink around it, yet is paper)
     paper = float(np.median(small))
-    return paper - float(small.min()) >= float(small.max()) - paper
+    if paper - float(small.min()) >= float(small.max()) - paper:
+        return True
+    if lighter >= 2 * darker:
+        return False
+    # not much further either way (a shadow's edge beside the marks, lit paper inside a loop in the
+    # shade, with most of the page shaded): the marks are the side with more thin features (narrower
+    # than k, so a shadow's edge counts on neither side; pen strokes outweigh what they enclose)
+    k = 2 * (min(small.shape) // 16) + 1
+    dark_thin = float((closing(small, k) - small).sum())  # what a closing fills: narrow dark marks
+    light_thin = float((small + closing(-small, k)).sum())  # what an opening removes: narrow light ones
+    return dark_thin >= light_thin
 
 
 # --------------------------------------------------------------------------- lines and boxes
