@@ -111,9 +111,10 @@ def test_a_shaded_page_with_lit_paper_inside_the_loop_keeps_dark_ink():
     assert seen[12:17, 12:17].max() < 64  # the loop is open, not filled
 
 
-def grid(side: int, step: int, width: int, columns: bool = True) -> np.ndarray:
+def grid(side: int, step: int, width: int, columns: bool = True, start: int = 5) -> np.ndarray:
+    """Lines `width` px wide every `step` px from `start`: rows, and columns too (squared paper)."""
     g = np.zeros((side, side), np.float32)
-    for k in range(5, side, step):
+    for k in range(start, side, step):
         g[k : k + width] = 1
         if columns:
             g[:, k : k + width] = 1
@@ -129,6 +130,31 @@ def test_the_pen_is_measured_on_the_digit_not_on_the_papers_lines(columns):
     coarse = paper.darkness_over(px.min(axis=2, keepdims=True), 2 * (300 // 8) + 1)
     assert paper.stroke(coarse) >= 15  # the ring's stroke is 22 px; the lines' 3 px
     assert corr(prepare(page(o, lines)), prepare(page(o))) >= 0.95
+
+
+def seven(side: int = 300) -> np.ndarray:
+    """A 7 whose top bar lies at rows 94-106 of a side x side page: ink coverage in [0, 1]."""
+    im = Image.new("L", (2 * side, 2 * side), 0)
+    ImageDraw.Draw(im).line([(220, 200), (380, 200), (280, 420)], fill=255, width=24, joint="curve")
+    return np.asarray(im.resize((side, side), Image.Resampling.BOX), np.float32) / 255
+
+
+def test_a_stroke_running_along_a_dark_ruled_line_stays_whole():
+    """The 7's bar is drawn along a dark line (ruled paper's line through it): it was blended away with
+    the line, or kept only as what it adds to the line's darkness (faint), and the 7 became a 1."""
+    s, lines = seven(), grid(300, 60, 4, columns=False, start=98)
+    assert lines[98:102].all()
+    assert corr(prepare(page(s, lines, tone=0.3)), prepare(page(s))) >= 0.95
+
+
+def test_a_faint_mark_away_from_the_only_digit_is_dropped():
+    """One part (a 1) and a faint trace at the edge too weak to count as a part (a shadow's corner): the
+    trace was kept whenever the digit was the only part, and widened the crop so the 1 sat off-centre."""
+    ink = np.zeros((300, 300), np.float32)
+    ink[80:220, 140:152] = 1.0
+    ink[100:104, 297:300] = 0.08
+    out = paper.keep_main(ink)
+    assert out[:, 290:].max() == 0 and np.array_equal(out[80:220, 140:152], ink[80:220, 140:152])
 
 
 # --------------------------------------------------------------------------- not digits

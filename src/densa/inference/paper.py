@@ -152,20 +152,23 @@ def across(ink: np.ndarray, floor: float, axis: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in bands(cover >= LINE_COVER) if b - a <= thin]
 
 
-def inpaint(ink: np.ndarray, a: int, b: int, axis: int) -> None:
+def inpaint(ink: np.ndarray, a: int, b: int, axis: int, pen: float = 1.0) -> None:
     """Replace rows (axis 0) or columns a..b-1, widened by a margin, by a blend of the rows just outside:
     a line is gone, a stroke crossing it stays whole, and ink clearly darker than the line (a stroke
-    running along it) is kept."""
+    running along it) is kept: as the share of the way from the line's darkness to the pen's (`pen`, the
+    strokes' darkness) that it goes, times the pen's (a pen drawn over the line covers it), so a stroke
+    along a dark line is not left faint."""
     view = ink if axis == 0 else ink.T
-    level = float(np.median(view[a:b]))  # the line's own darkness
     margin = 2 + (b - a) // 2
     a, b = max(a - margin, 0), min(b + margin, view.shape[0])
+    level = np.median(view[a:b], axis=1, keepdims=True)  # the line's own darkness, row by row
     before = view[a - 1] if a > 0 else np.zeros_like(view[0])
     after = view[b] if b < view.shape[0] else np.zeros_like(view[0])
     w = (np.arange(a, b, dtype=np.float32) - (a - 1))[:, None] / (b - (a - 1))
     blend = (1 - w) * before + w * after
     band = view[a:b]
-    view[a:b] = np.where(band > max(2 * level, level + 0.25), band - level, blend)
+    over = (band - level) / np.maximum(pen - level, 0.1) * pen
+    view[a:b] = np.where(band > level + 0.15, np.maximum(blend, over), blend)
 
 
 def extent(counts: np.ndarray, eps: float = 0.002) -> tuple[int, int]:
@@ -208,9 +211,11 @@ def remove_lines(ink: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     (ink, how many lines and sides were removed)."""
     ink = ink.copy()
     removed = 0
+    marks = ink[ink > floor]
+    pen = float(np.percentile(marks, 99)) if marks.size else 1.0  # the strokes' core (lines are fainter)
     for axis in (0, 1):  # printed lines can be faint: anything above the noise counts
         for a, b in across(ink, floor, axis):
-            inpaint(ink, a, b, axis)
+            inpaint(ink, a, b, axis, pen)
             removed += 1
     if removed:  # what is left of faint lines: a level along nearly all of a row or column
         for axis in (0, 1):
@@ -250,7 +255,8 @@ def labels(m: np.ndarray) -> np.ndarray:
 def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     """The ink without stray marks: parts (joined across small gaps) with under `share` of the largest
     part's ink are dropped (a speck of dirt), so they cannot move the crop; so are parts touching the
-    image's edge (a shadow's corner, the table) when a large enough part lies inside it."""
+    image's edge (a shadow's corner, the table) when a large enough part lies inside it, and faint marks
+    away from every part (even when there is only one)."""
     f = max(1, max(ink.shape) // 96)
     h, w = -(-ink.shape[0] // f), -(-ink.shape[1] // f)
     p = np.pad(ink, ((0, h * f - ink.shape[0]), (0, w * f - ink.shape[1])))
@@ -260,7 +266,7 @@ def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     lab = labels(joined)
     totals = np.bincount(lab.ravel(), weights=mass.ravel())
     totals[0] = 0
-    if np.count_nonzero(totals) <= 1:
+    if not totals.any():
         return ink
     edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
     inside = totals.copy()
