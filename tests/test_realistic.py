@@ -4,6 +4,7 @@ Small samples: every condition and every negative kind appears here with asserti
 measurement (hundreds of MNIST test digits per condition, two models) is benchmarks/bench_photos.py.
 """
 
+import io
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ import realistic
 from PIL import Image, ImageDraw
 
 import densa
+from densa.inference import paper
 from densa.inference.images import NoInk, prepare
 
 # prepared photo vs the prepared 28x28 original: Pearson correlation at least this (rotation and
@@ -74,6 +76,85 @@ def test_the_old_failures_shadow_fade_and_ruled_paper():
     for condition in ("gradient", "shadow", "ruled"):
         seen = prepare(realistic.encode(realistic.photo(digit, condition, np.random.default_rng(5))))
         assert corr(seen, ref) >= AGREE_DEFAULT, condition
+
+
+def ring(side: int = 300, width: int = 22) -> np.ndarray:
+    """A thick 0 (an ellipse's outline) in the middle of a side x side page: ink coverage in [0, 1]."""
+    im = Image.new("L", (2 * side, 2 * side), 0)
+    box = [round(2 * side * f) for f in (0.37, 0.3, 0.63, 0.7)]
+    ImageDraw.Draw(im).ellipse(box, outline=255, width=2 * width)
+    return np.asarray(im.resize((side, side), Image.Resampling.BOX), np.float32) / 255
+
+
+def page(cover: np.ndarray, lines=None, tone: float = 0.5, light=None) -> bytes:
+    """Dark ink (coverage `cover`) on white paper, with lines `tone` as light as the paper under them,
+    lit by `light` (H, W) in (0, 1]: PNG bytes of a grey photo."""
+    px = np.full(cover.shape, 0.95, np.float32)
+    if lines is not None:
+        px = px * (1 - lines * (1 - tone))
+    px = px * (1 - cover) + 0.08 * cover
+    if light is not None:
+        px = px * light
+    px = px + 0.01 * np.random.default_rng(0).standard_normal(px.shape).astype(np.float32)
+    grey = np.round(np.clip(px, 0, 1) * 255).astype(np.uint8)
+    return realistic.encode(np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_a_shaded_page_with_lit_paper_inside_the_loop_keeps_dark_ink():
+    """Most of the page in shadow, the paper inside a 0 lit: the lit paper is lighter than everything,
+    yet the pen is the dark side (it was read as light ink on dark paper: the 0 became a filled blob)."""
+    o = ring()
+    light = np.full(o.shape, 0.5, np.float32)
+    light[110:190, 135:165] = 1.0  # a window of light falling through the loop
+    ref, seen = prepare(page(o)), prepare(page(o, light=light))
+    assert corr(seen, ref) >= 0.95
+    assert seen[12:17, 12:17].max() < 64  # the loop is open, not filled
+
+
+def grid(side: int, step: int, width: int, columns: bool = True, start: int = 5) -> np.ndarray:
+    """Lines `width` px wide every `step` px from `start`: rows, and columns too (squared paper)."""
+    g = np.zeros((side, side), np.float32)
+    for k in range(start, side, step):
+        g[k : k + width] = 1
+        if columns:
+            g[:, k : k + width] = 1
+    return g
+
+
+@pytest.mark.parametrize("columns", [True, False], ids=["squared", "ruled"])
+def test_the_pen_is_measured_on_the_digit_not_on_the_papers_lines(columns):
+    """Many thin lines as dark as half the pen (a grid, ruled paper) once set the pen's width, so the
+    paper was estimated over a few pixels and thick strokes were taken for paper: 0s vanished or broke."""
+    o, lines = ring(), grid(300, 24, 3, columns)
+    px = np.asarray(Image.open(io.BytesIO(page(o, lines))).convert("RGB"), np.float32) / 255
+    coarse = paper.darkness_over(px.min(axis=2, keepdims=True), 2 * (300 // 8) + 1)
+    assert paper.stroke(coarse) >= 15  # the ring's stroke is 22 px; the lines' 3 px
+    assert corr(prepare(page(o, lines)), prepare(page(o))) >= 0.95
+
+
+def seven(side: int = 300) -> np.ndarray:
+    """A 7 whose top bar lies at rows 94-106 of a side x side page: ink coverage in [0, 1]."""
+    im = Image.new("L", (2 * side, 2 * side), 0)
+    ImageDraw.Draw(im).line([(220, 200), (380, 200), (280, 420)], fill=255, width=24, joint="curve")
+    return np.asarray(im.resize((side, side), Image.Resampling.BOX), np.float32) / 255
+
+
+def test_a_stroke_running_along_a_dark_ruled_line_stays_whole():
+    """The 7's bar is drawn along a dark line (ruled paper's line through it): it was blended away with
+    the line, or kept only as what it adds to the line's darkness (faint), and the 7 became a 1."""
+    s, lines = seven(), grid(300, 60, 4, columns=False, start=98)
+    assert lines[98:102].all()
+    assert corr(prepare(page(s, lines, tone=0.3)), prepare(page(s))) >= 0.95
+
+
+def test_a_faint_mark_away_from_the_only_digit_is_dropped():
+    """One part (a 1) and a faint trace at the edge too weak to count as a part (a shadow's corner): the
+    trace was kept whenever the digit was the only part, and widened the crop so the 1 sat off-centre."""
+    ink = np.zeros((300, 300), np.float32)
+    ink[80:220, 140:152] = 1.0
+    ink[100:104, 297:300] = 0.08
+    out = paper.keep_main(ink)
+    assert out[:, 290:].max() == 0 and np.array_equal(out[80:220, 140:152], ink[80:220, 140:152])
 
 
 # --------------------------------------------------------------------------- not digits

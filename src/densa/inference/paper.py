@@ -13,6 +13,7 @@ import numpy as np
 
 LINE_COVER = 0.8  # a row (column) is a line when this share of it is ink
 LINE_THIN = 0.025  # ... and its band is at most this share of the page thick (3 px at least)
+LINE_RUN = 0.25  # ink running along this share of a row (column), or covering it, is a line, not a stroke
 BOX_NEAR = 0.15  # a box's side lies within this share of the ink's extent from its edge
 BOX_THIN = 0.15  # ... and is at most this share of the box's other side thick
 
@@ -56,13 +57,24 @@ def darkness(px: np.ndarray) -> np.ndarray:
 
 def stroke(d: np.ndarray) -> float:
     """A typical pen stroke's width in pixels: the shorter of the horizontal and vertical run of ink
-    through each pixel above half the strokes' darkness, at its 30th percentile (blobs count less)."""
+    through each pixel above half (and above 60%) of the strokes' darkness, at its 30th percentile (blobs
+    count less); the larger of the two readings. Pixels of lines across the page (long runs, or rows and
+    columns a quarter covered) do not count: a grid's or ruled paper's thin lines are not the pen. A
+    grid's lines can reach half the strokes' darkness, in fragments (the higher threshold leaves them
+    out); a pencil's grainy strokes break up at the higher threshold (the lower one reads them)."""
     top = float(np.percentile(d, 99.9))
     if top < 0.1:
         return 1.0
-    m = d > 0.5 * top
-    across = np.minimum(run_lengths(m), run_lengths(m.T).T)[m]
-    return float(np.percentile(across, 30)) if across.size else 1.0
+    widths = [1.0]
+    for level in (0.5, 0.6):
+        m = d > level * top
+        rows, cols = run_lengths(m), run_lengths(m.T).T
+        line = (rows >= LINE_RUN * m.shape[1]) | (cols >= LINE_RUN * m.shape[0])
+        line |= (m.mean(axis=1, keepdims=True) >= LINE_RUN) | (m.mean(axis=0, keepdims=True) >= LINE_RUN)
+        across = np.minimum(rows, cols)[m & ~line]
+        if across.size:
+            widths.append(float(np.percentile(across, 30)))
+    return max(widths)
 
 
 def run_lengths(m: np.ndarray) -> np.ndarray:
@@ -108,11 +120,20 @@ def dark_ink(grey: np.ndarray) -> bool:
     darker, lighter = float(np.percentile(-r, 99.9)), float(np.percentile(r, 99.9))
     if lighter < 0.05 or darker >= 1.25 * lighter:
         return True  # nothing clearly lighter (paper is usually the light side), or clearly darker
-    if lighter >= 1.25 * darker:
-        return False
-    # as far either way (paper inside a thick loop): the marks are the side further from most pixels
+    # the paper is most of the image: the marks are the side further from the median (paper left inside
+    # a thick loop stands out as lighter than the ink around it, yet is paper)
     paper = float(np.median(small))
-    return paper - float(small.min()) >= float(small.max()) - paper
+    if paper - float(small.min()) >= float(small.max()) - paper:
+        return True
+    if lighter >= 2 * darker:
+        return False
+    # not much further either way (a shadow's edge beside the marks, lit paper inside a loop in the
+    # shade, with most of the page shaded): the marks are the side with more thin features (narrower
+    # than k, so a shadow's edge counts on neither side; pen strokes outweigh what they enclose)
+    k = 2 * (min(small.shape) // 16) + 1
+    dark_thin = float((closing(small, k) - small).sum())  # what a closing fills: narrow dark marks
+    light_thin = float((small + closing(-small, k)).sum())  # what an opening removes: narrow light ones
+    return dark_thin >= light_thin
 
 
 # --------------------------------------------------------------------------- lines and boxes
@@ -131,20 +152,23 @@ def across(ink: np.ndarray, floor: float, axis: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in bands(cover >= LINE_COVER) if b - a <= thin]
 
 
-def inpaint(ink: np.ndarray, a: int, b: int, axis: int) -> None:
+def inpaint(ink: np.ndarray, a: int, b: int, axis: int, pen: float = 1.0) -> None:
     """Replace rows (axis 0) or columns a..b-1, widened by a margin, by a blend of the rows just outside:
     a line is gone, a stroke crossing it stays whole, and ink clearly darker than the line (a stroke
-    running along it) is kept."""
+    running along it) is kept: as the share of the way from the line's darkness to the pen's (`pen`, the
+    strokes' darkness) that it goes, times the pen's (a pen drawn over the line covers it), so a stroke
+    along a dark line is not left faint."""
     view = ink if axis == 0 else ink.T
-    level = float(np.median(view[a:b]))  # the line's own darkness
     margin = 2 + (b - a) // 2
     a, b = max(a - margin, 0), min(b + margin, view.shape[0])
+    level = np.median(view[a:b], axis=1, keepdims=True)  # the line's own darkness, row by row
     before = view[a - 1] if a > 0 else np.zeros_like(view[0])
     after = view[b] if b < view.shape[0] else np.zeros_like(view[0])
     w = (np.arange(a, b, dtype=np.float32) - (a - 1))[:, None] / (b - (a - 1))
     blend = (1 - w) * before + w * after
     band = view[a:b]
-    view[a:b] = np.where(band > max(2 * level, level + 0.25), band - level, blend)
+    over = (band - level) / np.maximum(pen - level, 0.1) * pen
+    view[a:b] = np.where(band > level + 0.15, np.maximum(blend, over), blend)
 
 
 def extent(counts: np.ndarray, eps: float = 0.002) -> tuple[int, int]:
@@ -187,9 +211,11 @@ def remove_lines(ink: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     (ink, how many lines and sides were removed)."""
     ink = ink.copy()
     removed = 0
+    marks = ink[ink > floor]
+    pen = float(np.percentile(marks, 99)) if marks.size else 1.0  # the strokes' core (lines are fainter)
     for axis in (0, 1):  # printed lines can be faint: anything above the noise counts
         for a, b in across(ink, floor, axis):
-            inpaint(ink, a, b, axis)
+            inpaint(ink, a, b, axis, pen)
             removed += 1
     if removed:  # what is left of faint lines: a level along nearly all of a row or column
         for axis in (0, 1):
@@ -229,7 +255,8 @@ def labels(m: np.ndarray) -> np.ndarray:
 def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     """The ink without stray marks: parts (joined across small gaps) with under `share` of the largest
     part's ink are dropped (a speck of dirt), so they cannot move the crop; so are parts touching the
-    image's edge (a shadow's corner, the table) when a large enough part lies inside it."""
+    image's edge (a shadow's corner, the table) when a large enough part lies inside it, and faint marks
+    away from every part (even when there is only one)."""
     f = max(1, max(ink.shape) // 96)
     h, w = -(-ink.shape[0] // f), -(-ink.shape[1] // f)
     p = np.pad(ink, ((0, h * f - ink.shape[0]), (0, w * f - ink.shape[1])))
@@ -239,7 +266,7 @@ def keep_main(ink: np.ndarray, share: float = 0.1) -> np.ndarray:
     lab = labels(joined)
     totals = np.bincount(lab.ravel(), weights=mass.ravel())
     totals[0] = 0
-    if np.count_nonzero(totals) <= 1:
+    if not totals.any():
         return ink
     edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
     inside = totals.copy()
