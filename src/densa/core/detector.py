@@ -350,8 +350,8 @@ def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Dete
     threshold = float(np.quantile(_largest(cal_parts, scales), QUANTILE))
     info = {
         "method": "max(mahalanobis distance of the last layer's input, pixel residual outside "
-        f"{COMPONENTS} principal components, mahalanobis distance of 6 shape statistics, a {HIDDEN}-unit "
-        f"network telling digits from {len(others)} generated non-digits)",
+        f"{COMPONENTS} principal components, mahalanobis distance of 6 shape statistics, {MEMBERS} averaged "
+        f"{HIDDEN}-unit networks telling digits from {len(others)} generated non-digits)",
         "fitted_on": f"{len(fit_idx)} training images",
         "calibrated_on": f"{len(cal)} {source}",
         "quantile": QUANTILE,
