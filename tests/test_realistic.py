@@ -232,7 +232,7 @@ def test_real_digits_under_each_condition(mnist_run):
         print(condition, right, "/ 30")
         assert right >= 27, (condition, right)
     # of 360 photos: the decision refuses few. The same 30 digits appear under every condition, so one
-    # ambiguous digit ("not sure") counts up to 12 times; measured 10-17, and 1.4% on the benchmark
+    # ambiguous digit ("not sure") counts up to 12 times; one run refused 17 (the benchmark: 1.4%)
     assert refused <= 24, refused
 
 
