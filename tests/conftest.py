@@ -44,11 +44,16 @@ def link_outliers(cache: Path, outlier_file: Path) -> None:
         link.symlink_to(outlier_file)
 
 
+def use_cache(mp, cache: Path, outlier_file: Path) -> None:
+    """Make `cache` the user cache (XDG_CACHE_HOME) for `mp`'s scope, holding the session's outliers."""
+    link_outliers(cache, outlier_file)
+    mp.setenv("XDG_CACHE_HOME", str(cache))
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch, outlier_file):
     cache = tmp_path_factory.mktemp("cache")
-    link_outliers(cache, outlier_file)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    use_cache(monkeypatch, cache, outlier_file)
     monkeypatch.delenv("DENSA_DATA_DIR", raising=False)
     monkeypatch.setattr(data, "SYSTEM_DIRS", ())
     return cache

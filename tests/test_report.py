@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import link_outliers
+from conftest import use_cache
 from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 from synthetic import write_dataset
@@ -52,8 +52,7 @@ def weak(tmp_path_factory, outlier_file):
     """(run folder, data root) of a 2-epoch run at lr 5e-5 on dataset 'synthw': about half right."""
     root = tmp_path_factory.mktemp("weak")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        link_outliers(root / "cache", outlier_file)
+        use_cache(mp, root / "cache", outlier_file)
         spec = write_dataset(root / "data", "synthw", gz=False)
         mp.setitem(data.DATASETS, "synthw", spec)
         out = root / "run"

@@ -9,7 +9,7 @@ screenshots go to test-artifacts/report-1280.png and report-390.png. Needs Debia
 
 import pytest
 from chromium import ARTIFACTS, launched
-from conftest import link_outliers
+from conftest import use_cache
 from synthetic import write_dataset
 
 from densa.apps.report import write_report
@@ -39,8 +39,7 @@ def report(tmp_path_factory, outlier_file):
     """index.html of a 3-epoch run on 'synthr' with --val-split 0.2 --label-smoothing 0.1 (a weak model)."""
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        link_outliers(root / "cache", outlier_file)
+        use_cache(mp, root / "cache", outlier_file)
         mp.setitem(data.DATASETS, "synthr", write_dataset(root / "data", "synthr", gz=False))
         out = root / "run"
         argv = ["train", "--dataset", "synthr", "--data-dir", str(root / "data"), "--epochs", "3"]

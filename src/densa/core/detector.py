@@ -112,8 +112,7 @@ class Detector:
 
     def raw(self, features, pixels) -> np.ndarray:
         """The largest of the parts, each scaled to (score - median) / spread of the fitting digits."""
-        parts = self.parts(features, pixels)
-        return np.maximum.reduce([(parts[k] - m) / s for k, (m, s) in self.scales.items()])
+        return _largest(self.parts(features, pixels), self.scales)
 
     def score(self, features, pixels) -> np.ndarray:
         """(N,) float64: how unlike the training digits each image is; above 1 it is refused."""
@@ -321,9 +320,10 @@ def fit_detector(model, images, labels, calibration=None, seed: int = 0) -> Dete
     fit_idx = np.sort(order[held : held + FIT_IMAGES])
     pixels = np.asarray(torch.as_tensor(images)[torch.as_tensor(fit_idx)].cpu())
     feats, logits = features_and_logits(model, pixels)
-    stats = fit_statistics(feats, labels[fit_idx], _unit(pixels), logits.shape[1])
+    unit = _unit(pixels)
+    stats = fit_statistics(feats, labels[fit_idx], unit, logits.shape[1])
     probe = Detector(stats, dict.fromkeys(PARTS, (0, 1)), 1.0)
-    digits = (feats, *probe.distances(feats, _unit(pixels)))
+    digits = (feats, *probe.distances(feats, unit))
     scales = {k: _scale(v) for k, v in digits[1].items()}
     if calibration is not None:
         cal_images, source = calibration, "val split"
