@@ -177,11 +177,12 @@ class Detector:
 def shape_stats(pixels: np.ndarray) -> np.ndarray:
     """(N, 28, 28) in [0, 1] -> (N, 6) float64: ink mass, the ink's height and width, how much of its
     box it fills, and its spread along rows and columns. A line, a dot or a smudge is unlike any digit
-    in these long before its pixels are."""
-    x = np.asarray(pixels, dtype=np.float64).reshape(-1, 28, 28)
-    mass = x.sum((1, 2)) + 1e-6
-    on = x > 0.25
-    rows, cols = on.any(2), on.any(1)
+    in these long before its pixels are. Only the row and column sums (accumulated in float64) and
+    maxima are taken from the images: no copy of them is made."""
+    x = np.asarray(pixels, dtype=np.float32).reshape(-1, 28, 28)
+    row_sums, col_sums = x.sum(2, dtype=np.float64), x.sum(1, dtype=np.float64)
+    mass = row_sums.sum(1) + 1e-6
+    rows, cols = x.max(2) > 0.25, x.max(1) > 0.25
     idx = np.arange(28)
 
     def extent(m):
@@ -189,10 +190,10 @@ def shape_stats(pixels: np.ndarray) -> np.ndarray:
         return np.where(m.any(1), last - first + 1, 0)
 
     h, w = extent(rows), extent(cols)
-    r = x.sum(2) @ idx / mass
-    c = x.sum(1) @ idx / mass
-    sr = np.sqrt(np.maximum(x.sum(2) @ idx**2 / mass - r**2, 0))
-    sc = np.sqrt(np.maximum(x.sum(1) @ idx**2 / mass - c**2, 0))
+    r = row_sums @ idx / mass
+    c = col_sums @ idx / mass
+    sr = np.sqrt(np.maximum(row_sums @ idx**2 / mass - r**2, 0))
+    sc = np.sqrt(np.maximum(col_sums @ idx**2 / mass - c**2, 0))
     fill = mass / np.maximum(h * w, 1)
     return np.stack([np.log(mass), h, w, fill, sr, sc], axis=1)
 
@@ -254,12 +255,9 @@ def features_and_logits(model, images, batch_size: int = 2000):
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
-def _gram(a: np.ndarray) -> np.ndarray:
-    """a.T @ a as float64, multiplied by torch in float32: the rows are centred, so float32 is plenty, and
-    it takes a fraction of a second where numpy's float64 product took seconds (10,000 x 784)."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+def _gram(t) -> np.ndarray:
+    """t.T @ t as float64, multiplied by torch in float32 (t: an (N, d) float32 tensor whose rows are
+    centred, so float32 is plenty): a fraction of a second where numpy's float64 product took seconds."""
     return (t.T @ t).double().numpy()
 
 
@@ -276,16 +274,25 @@ def _top_vectors(gram: np.ndarray, k: int, iterations: int = 8) -> np.ndarray:
 
 
 def fit_statistics(feats: np.ndarray, labels: np.ndarray, pixels: np.ndarray, classes: int) -> dict:
-    """The detector's arrays from the fitting digits: class means, shared precision, pixel PCA."""
-    f = feats.astype(np.float64)
-    means = np.stack([f[labels == c].mean(0) if (labels == c).any() else f.mean(0) for c in range(classes)])
-    cov = _gram(f - means[labels]) / max(len(f) - 1, 1)
+    """The detector's arrays from the fitting digits: class means, shared precision, pixel PCA. The
+    big products run in torch float32 on the (N, d) arrays as they are (one centred copy each); only
+    the small results are float64."""
+    import torch
+
+    f = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    onehot = torch.nn.functional.one_hot(lab, classes).to(f.dtype)
+    counts = onehot.sum(0, dtype=torch.float64)
+    overall = f.sum(0, dtype=torch.float64) / max(len(f), 1)
+    sums = (onehot.T @ f).double()
+    means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], overall).numpy()
+    cov = _gram(f - torch.from_numpy(means.astype(np.float32))[lab]) / max(len(f) - 1, 1)
     d = cov.shape[0]
     cov[np.diag_indices(d)] += SHRINK * max(np.trace(cov) / d, 1e-12)
     precision = np.linalg.inv(cov)
-    x = pixels.reshape(len(pixels), -1)
-    pixel_mean = x.mean(0, dtype=np.float64)
-    vt = _top_vectors(_gram(x - pixel_mean.astype(np.float32)), COMPONENTS)
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32).reshape(len(pixels), -1))
+    pixel_mean = x.sum(0, dtype=torch.float64).numpy() / max(len(x), 1)
+    vt = _top_vectors(_gram(x - torch.from_numpy(pixel_mean.astype(np.float32))), COMPONENTS)
     stats = shape_stats(pixels)
     shape_mean = stats.mean(0)
     shape_cov = np.cov(stats - shape_mean, rowvar=False)
@@ -374,34 +381,53 @@ def _largest(parts: dict, scales: dict) -> np.ndarray:
     return np.maximum.reduce([(parts[k] - m) / s for k, (m, s) in scales.items()])
 
 
-def _train_net(x, y, seed: int):
-    """(w1, b1, w2, b2) of one member: HIDDEN ReLU units and a logit, Adam on binary cross-entropy."""
+def _train_members(x, y, seed: int) -> list:
+    """[(w1 (n, HIDDEN), b1, w2 (HIDDEN,), b2 ()) for each of MEMBERS networks] of HIDDEN ReLU units and
+    a logit, each from its own random start and on its own random batches, trained by binary
+    cross-entropy. The gradients are written out (member_grads, no autograd); one call of torch's
+    fused Adam kernel (as densa's optimisers) updates all the members."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    w1 = (torch.randn(x.shape[1], HIDDEN, generator=g) / x.shape[1] ** 0.5).requires_grad_()
-    w2 = (torch.randn(HIDDEN, 1, generator=g) / HIDDEN**0.5).requires_grad_()
-    b1, b2 = torch.zeros(HIDDEN, requires_grad=True), torch.zeros(1, requires_grad=True)
-    params = [w1, b1, w2, b2]
+    n = x.shape[1]
+    members = [
+        [torch.randn(n, HIDDEN, generator=g) / n**0.5, torch.zeros(HIDDEN)]
+        + [torch.randn(HIDDEN, generator=g) / HIDDEN**0.5, torch.zeros(())]
+        for _ in range(MEMBERS)
+    ]
+    params = [p for member in members for p in member]
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps = [torch.zeros(()) for _ in params]
-    for _ in range(NET_STEPS):  # Adam (torch's fused kernel, as densa's optimisers; no torch.optim)
-        i = torch.randint(len(x), (NET_BATCH,), generator=g)
-        z = torch.relu(x[i] @ w1 + b1) @ w2 + b2
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y[i])
-        grads = torch.autograd.grad(loss, params)
+    xb = torch.empty(NET_BATCH, n)
+    for _ in range(NET_STEPS):
+        grads = []
+        for member in members:
+            i = torch.randint(len(x), (NET_BATCH,), generator=g)
+            grads += member_grads(torch.index_select(x, 0, i, out=xb), y[i], *member)
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            [p.data for p in params], list(grads), m, v, [], steps, lr=NET_LR, beta1=0.9, beta2=0.999,
+            params, grads, m, v, [], steps, lr=NET_LR, beta1=0.9, beta2=0.999,
             weight_decay=1e-4, eps=1e-8, amsgrad=False, maximize=False,
         )  # fmt: skip
-    return tuple(p.detach() for p in params)
+    return members
+
+
+def member_grads(xb, yb, w1, b1, w2, b2) -> list:
+    """The gradients [w1, b1, w2, b2] of one member's mean binary cross-entropy on the batch xb (B, n)
+    with targets yb (B,)."""
+    import torch
+
+    h = torch.addmm(b1, xb, w1).relu_()
+    dz = (torch.sigmoid(h @ w2 + b2) - yb) / len(xb)  # d(mean binary cross-entropy)/d(logit)
+    dh = torch.outer(dz, w2).mul_(h > 0)
+    return [xb.T @ dh, dh.sum(0), dz @ h, dz.sum()]
 
 
 def fit_net(scales: dict, digits, others, seed: int) -> dict:
-    """The outlier network's arrays: HIDDEN ReLU units and one logit, trained (Adam, NET_STEPS steps of
-    NET_BATCH, binary cross-entropy) to say 1 for `others` and 0 for `digits`, each (features, distances,
-    shape stats). Its own torch generator: the global random state is left as it was."""
+    """The outlier network's arrays: MEMBERS averaged networks of HIDDEN ReLU units and one logit,
+    trained (Adam, NET_STEPS steps of NET_BATCH, binary cross-entropy) to say 1 for `others` and 0 for
+    `digits`, each (features, distances, shape stats). Its own torch generator: the global random state
+    is left as it was."""
     import torch
 
     feats, _, stat_values = digits
@@ -416,9 +442,12 @@ def fit_net(scales: dict, digits, others, seed: int) -> dict:
         np.concatenate([net_input(scaling, *digits, scales), net_input(scaling, *others, scales)])
     )
     y = torch.cat([torch.zeros(len(feats)), torch.ones(len(others[0]))])
-    nets = [_train_net(x, y, seed * MEMBERS + k) for k in range(MEMBERS)]
+    members = _train_members(x, y, seed)
     # the members' mean logit is one network: their hidden units side by side, each output weight / MEMBERS
-    w1, b1 = torch.cat([n[0] for n in nets], 1), torch.cat([n[1] for n in nets])
-    w2, b2 = torch.cat([n[2] for n in nets]) / MEMBERS, sum(n[3] for n in nets) / MEMBERS
-    net = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
-    return {**scaling, **{k: t.detach().numpy() for k, t in net.items()}}
+    net = {
+        "w1": torch.cat([w1 for w1, _, _, _ in members], 1),
+        "b1": torch.cat([b1 for _, b1, _, _ in members]),
+        "w2": torch.cat([w2 for _, _, w2, _ in members])[:, None] / MEMBERS,
+        "b2": sum(b2 for _, _, _, b2 in members).reshape(1) / MEMBERS,
+    }
+    return {**scaling, **{k: t.numpy() for k, t in net.items()}}
