@@ -183,3 +183,19 @@ def test_realistic_digits_from_mnist_test_split(mnist_run):
     print("realistic set (500 MNIST test digits):", ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     assert acc["densa.images"] >= 0.97
     assert acc["naive resize"] <= 0.5 and acc["naive resize, inverted"] <= 0.5
+
+
+def test_grey_stored_as_rgb_is_read_as_one_grey_channel():
+    """The page's canvas and grey scans saved in colour take one channel, with the answer the three
+    equal channels give."""
+    grey = stroke_image((160, 140))
+    three = np.repeat(np.asarray(grey, dtype=np.float32)[..., None] / 255, 3, axis=2)
+    rule = images.get_rule("mnist")
+    expected = np.round(images.place(images.ink_on_paper(three), rule) * 255).astype(np.uint8)
+    for mode in ("RGB", "RGBA"):
+        im = grey.convert(mode)
+        assert images.colour_pixels(im).shape == (140, 160, 1)
+        assert np.array_equal(prepare(png(im)), expected)
+    tinted = np.asarray(grey.convert("RGB")).copy()
+    tinted[5, 5, 2] ^= 1  # one channel differs in one pixel: colour
+    assert images.colour_pixels(Image.fromarray(tinted)).shape == (140, 160, 3)

@@ -153,11 +153,16 @@ def grey_pixels(im) -> np.ndarray:
 
 
 def colour_pixels(im) -> np.ndarray:
-    """float32 (H, W, C) in [0, 1]: the RGB channels of a colour image (C = 3), else grey (C = 1)."""
+    """float32 (H, W, C) in [0, 1]: the RGB channels of a colour image (C = 3), else grey (C = 1). An
+    image stored as RGB whose three channels are equal everywhere (the page's canvas, a grey scan saved
+    in colour) is grey: one channel, which the paper's estimate then takes a third of the time over."""
     if im.mode in ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV") or (
         im.mode in ("P", "RGBA") and grey_is_opaque(im)
     ):
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        rgb = np.asarray(im.convert("RGB"))
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            rgb = rgb[..., :1]
+        return rgb.astype(np.float32) / 255
     return grey_pixels(im)[..., None]
 
 

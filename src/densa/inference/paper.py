@@ -243,8 +243,10 @@ def labels(m: np.ndarray) -> np.ndarray:
     lab = np.where(m, np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w), 0)
     while True:
         p = np.pad(lab, 1)
-        grown = np.max([p[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
-        grown = np.where(m, grown, 0)
+        grown = lab.copy()
+        for i, j in ((i, j) for i in range(3) for j in range(3) if (i, j) != (1, 1)):
+            np.maximum(grown, p[i : i + h, j : j + w], out=grown)  # the largest label among the neighbours
+        grown *= m
         flat = grown.ravel()
         grown = np.where(m, np.maximum(grown, flat[np.maximum(grown, 1) - 1]), 0)  # jump to the label's label
         if np.array_equal(grown, lab):
