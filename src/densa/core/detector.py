@@ -388,12 +388,12 @@ def _train_members(x, y, seed: int) -> list:
     fused Adam kernel (as densa's optimisers) updates all the members."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
     n = x.shape[1]
+    gens = [torch.Generator().manual_seed(seed * MEMBERS + k) for k in range(MEMBERS)]  # one stream each
     members = [
         [torch.randn(n, HIDDEN, generator=g) / n**0.5, torch.zeros(HIDDEN)]
-        + [torch.randn(HIDDEN, generator=g) / HIDDEN**0.5, torch.zeros(())]
-        for _ in range(MEMBERS)
+        + [torch.randn(HIDDEN, 1, generator=g)[:, 0] / HIDDEN**0.5, torch.zeros(())]
+        for g in gens
     ]
     params = [p for member in members for p in member]
     m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
@@ -401,7 +401,7 @@ def _train_members(x, y, seed: int) -> list:
     xb = torch.empty(NET_BATCH, n)
     for _ in range(NET_STEPS):
         grads = []
-        for member in members:
+        for member, g in zip(members, gens):
             i = torch.randint(len(x), (NET_BATCH,), generator=g)
             grads += member_grads(torch.index_select(x, 0, i, out=xb), y[i], *member)
         torch._foreach_add_(steps, 1)
