@@ -426,7 +426,7 @@ def member_grads(xb, yb, w1, b1, w2, b2) -> list:
 def fit_net(scales: dict, digits, others, seed: int) -> dict:
     """The outlier network's arrays: MEMBERS averaged networks of HIDDEN ReLU units and one logit,
     trained (Adam, NET_STEPS steps of NET_BATCH, binary cross-entropy) to say 1 for `others` and 0 for
-    `digits`, each (features, distances, shape stats). Its own torch generator: the global random state
+    `digits`, each (features, distances, shape stats). Its own torch generators: the global random state
     is left as it was."""
     import torch
 
