@@ -5,11 +5,14 @@
 Renders N digits of MNIST's *test* split per condition of tests/realistic.py (shadow, ruled paper,
 pencil, rotation, ...; every other one saved as JPEG, as phones send them), prepares each with
 densa.images as `densa predict` does, and prints each model's accuracy per condition. An image the
-preparation refuses ("no digit found") counts as wrong. Then the not-a-digit set (letters, lines,
-scribbles, ...): the share that preparation already refuses as having no digit. Last, abstention: for
-each model, the share of the not-a-digit set refused (by preparation or by the model's decision), the
-share of the realistic digits refused, and the ROC AUC of the decision's score (digits against
-not-digits; a refusal by preparation scores as the most refused).
+preparation refuses ("no digit found") counts as wrong. Beside it, the same digits' ink alone (the
+same strokes, turn and tilt as black ink on white, no paper or light; realistic.photo_and_ink): what
+the model makes of the condition's geometry and pen when preparation has nothing to undo; and all of
+MNIST's test digits turned by up to +-20 degrees inside their own frame. Then the not-a-digit set
+(letters, lines, scribbles, ...): the share that preparation already refuses as having no digit. Last,
+abstention: for each model, the share of the not-a-digit set refused (by preparation or by the model's
+decision), the share of the realistic digits refused, and the ROC AUC of the decision's score (digits
+against not-digits; a refusal by preparation scores as the most refused).
 
 The two runs (`densa train --seed 0` and `densa train --preset cnn --seed 0`) are trained once into
 --runs (default: densa's user cache, bench-photos/) and reused; the rendered images are cached there too.
@@ -49,18 +52,20 @@ def trained(runs: Path, preset: str) -> Path:
     return out
 
 
-def files_for(condition: str, n: int, seed: int, runs: Path, ds) -> tuple[list[bytes], np.ndarray]:
-    """The condition's N photos as PNG/JPEG bytes (alternating), and their labels; cached in runs."""
-    path = runs / "photos" / f"{condition}-{n}-{seed}.pkl"
+def files_for(condition: str, n: int, seed: int, runs: Path, ds) -> tuple[list[bytes], np.ndarray, list]:
+    """The condition's N photos as PNG/JPEG bytes (alternating), their labels, and each photo's ink
+    alone as a PNG (realistic.photo_and_ink: the same strokes and geometry, no paper or light); cached."""
+    path = runs / "photos" / f"{condition}-{n}-{seed}-ink.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
-    pixels, labels, _ = realistic.photo_set(
+    pixels, labels, _, inks = realistic.photo_and_ink_set(
         ds.test_images.numpy(), ds.test_labels.numpy(), condition, n, seed
     )
     files = [realistic.encode(p, "JPEG" if i % 2 else "PNG", 85) for i, p in enumerate(pixels)]
+    ink_files = [realistic.encode(a) for a in inks]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps((files, labels)))
-    return files, labels
+    path.write_bytes(pickle.dumps((files, labels, ink_files)))
+    return files, labels, ink_files
 
 
 def prepared(files: list[bytes]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -92,6 +97,29 @@ def pictures(
         grid.paste(seen.convert("RGB"), (j * side + 8, side + 8))
     folder.mkdir(parents=True, exist_ok=True)
     grid.save(folder / f"{condition}.png", optimize=True)
+
+
+def turned_mnist(models: dict, ds, seed: int, degrees: float = 20.0) -> None:
+    """Each model on all of MNIST's test digits, each turned by a random angle of up to +-degrees inside
+    its own 28x28 frame (no paper, no preparation): what the model can do with turned digits at best."""
+    from PIL import Image
+
+    images, labels = ds.test_images.numpy(), ds.test_labels.numpy()
+    angles = np.random.default_rng([seed, 2000]).uniform(-degrees, degrees, len(images))
+    turned = np.stack(
+        [
+            np.asarray(Image.fromarray(im).rotate(float(a), Image.Resampling.BILINEAR))
+            for im, a in zip(images, angles)
+        ]
+    )
+    steep = np.abs(angles) >= degrees / 2
+    print(f"\nMNIST's {len(images):,} test digits turned by up to ±{degrees:g}° in their 28x28 frame\n")
+    print(f"| model | unturned | turned | turned by {degrees / 2:g}° or more |")
+    print("|---|---:|---:|---:|")
+    for p, m in models.items():
+        right = m.predict(turned) == labels
+        plain, turn, far = (m.predict(images) == labels).mean(), right.mean(), right[steep].mean()
+        print(f"| {PRESETS[p]} | {100 * plain:.1f}% | {100 * turn:.1f}% | {100 * far:.1f}% |")
 
 
 def negative_files(kind: str, n: int, seed: int) -> list[bytes]:
@@ -149,25 +177,34 @@ def main(argv=None) -> int:
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     print(f"{platform.node()} {platform.processor() or platform.machine()}, {when}")
     print(f"{args.n} MNIST test digits per condition, seed {args.seed}; accuracy (refused counts as wrong)\n")
-    print(f"| condition | {' | '.join(presets.values())} | refused by preparation |")
-    print("|---|" + "---:|" * (len(presets) + 1))
+    alone = " | ".join(f"{name}, ink alone" for name in presets.values())
+    print(f"| condition | {' | '.join(presets.values())} | refused by preparation | {alone} |")
+    print("|---|" + "---:|" * (2 * len(presets) + 1))
     worst = {p: 1.0 for p in presets}
     digit_scores: dict = {p: [] for p in presets}
     negative_scores: dict = {p: [] for p in presets}
     for condition in args.conditions.split(","):
-        files, labels = files_for(condition, args.n, args.seed, runs, ds)
+        files, labels, ink_files = files_for(condition, args.n, args.seed, runs, ds)
         x, refused, _ = prepared(files)
-        accs = []
+        ink, ink_refused, _ = prepared(ink_files)
+        accs, ink_accs = [], []
         for p, m in models.items():
-            right = (m.predict(x) == labels) & ~refused
-            accs.append(float(right.mean()))
+            accs.append(float(((m.predict(x) == labels) & ~refused).mean()))
+            ink_accs.append(float(((m.predict(ink) == labels) & ~ink_refused).mean()))
             worst[p] = min(worst[p], accs[-1])
             digit_scores[p].append(refusal_scores(m, x, refused))
         cells = " | ".join(f"{100 * a:.1f}%" for a in accs)
-        print(f"| {condition} | {cells} | {int(refused.sum())} |", flush=True)
+        ink_cells = " | ".join(f"{100 * a:.1f}%" for a in ink_accs)
+        print(f"| {condition} | {cells} | {int(refused.sum())} | {ink_cells} |", flush=True)
         if args.pictures:
             pictures(args.pictures, condition, files, x)
-    print("| **worst** | " + " | ".join(f"**{100 * w:.1f}%**" for w in worst.values()) + " | |")
+    print(
+        "| **worst** | "
+        + " | ".join(f"**{100 * w:.1f}%**" for w in worst.values())
+        + " | |"
+        + " |" * len(presets)
+    )
+    turned_mnist(models, ds, args.seed)
     print(f"\nnot digits: {args.negatives} per kind; refused by preparation (no digit found)\n")
     print("| kind | refused | reasons |")
     print("|---|---:|---|")

@@ -394,22 +394,36 @@ def _finish(layers, paper, light, rng: np.random.Generator) -> np.ndarray:
 
 def photo(digit: np.ndarray, condition: str, rng: np.random.Generator) -> np.ndarray:
     """One MNIST digit (uint8 28x28, light on dark) as a phone photo of paper: uint8 (H, W, 3)."""
+    return photo_and_ink(digit, condition, rng)[0]
+
+
+def photo_and_ink(digit: np.ndarray, condition: str, rng: np.random.Generator):
+    """The photo, and its ink alone: the same strokes and geometry (pen, turn, tilt) as black ink on
+    white, uint8 (h, w), with no paper, light, blur, noise or margin: what a perfect camera would see."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
     size = int(rng.integers(120, 400))
     ink = _ink_shape(digit, condition, size, rng)
     cover, where = _canvas(ink, rng)
     layers, paper = _layers(cover, where, condition, rng)
-    return _finish(layers, paper, _light(cover.shape, condition, rng, where), rng)
+    alone = np.round(255 * (1 - np.pad(ink, ink.shape[0] // 4))).astype(np.uint8)
+    return _finish(layers, paper, _light(cover.shape, condition, rng, where), rng), alone
 
 
 def photo_set(images: np.ndarray, labels: np.ndarray, condition: str, n: int = 500, seed: int = 0):
     """n test digits photographed under one condition: (list of RGB uint8 arrays, labels, indices).
 
     The same seed picks the same digits for every condition; the rendering draws from its own stream."""
+    photos, labels, idx, _ = photo_and_ink_set(images, labels, condition, n, seed)
+    return photos, labels, idx
+
+
+def photo_and_ink_set(images: np.ndarray, labels: np.ndarray, condition: str, n: int = 500, seed: int = 0):
+    """photo_set's photos, labels and indices, and each photo's ink alone (photo_and_ink)."""
     idx = np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))
     rng = np.random.default_rng([seed, CONDITIONS.index(condition)])
-    return [photo(np.asarray(images[i]), condition, rng) for i in idx], np.asarray(labels)[idx], idx
+    pairs = [photo_and_ink(np.asarray(images[i]), condition, rng) for i in idx]
+    return [p for p, _ in pairs], np.asarray(labels)[idx], idx, [a for _, a in pairs]
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", quality: int = 90) -> bytes:

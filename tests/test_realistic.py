@@ -54,6 +54,25 @@ def test_conditions_are_phone_photos_and_deterministic():
         realistic.photo(digit, "fog", np.random.default_rng(0))
 
 
+def test_ink_alone_is_the_photos_strokes_without_paper_or_light():
+    """photo_and_ink's photo is photo()'s; its ink alone keeps the pen and geometry and drops the paper:
+    ruled paper's ink alone is the clean photo's (same strokes), a turned digit's is not."""
+    digit = digit_four()
+    inks = {}
+    for condition in ("clean", "ruled", "shadow", "rotation"):
+        photo, ink = realistic.photo_and_ink(digit, condition, np.random.default_rng(3))
+        assert np.array_equal(photo, realistic.photo(digit, condition, np.random.default_rng(3)))
+        assert ink.dtype == np.uint8 and ink.ndim == 2, condition
+        border = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
+        assert (border == 255).all() and ink.min() < 64, condition  # white around dark strokes
+        inks[condition] = ink
+    assert np.array_equal(inks["clean"], inks["ruled"]) and np.array_equal(inks["clean"], inks["shadow"])
+    assert inks["rotation"].shape != inks["clean"].shape or not np.array_equal(
+        inks["rotation"], inks["clean"]
+    )
+    assert corr(prepare(realistic.encode(inks["clean"])), reference(digit)) >= AGREE_DEFAULT
+
+
 @pytest.mark.parametrize("condition", realistic.CONDITIONS)
 def test_each_condition_prepares_like_the_digit_itself(condition):
     """Shadow, ruled and squared paper, pencil, a box, ...: what the model sees matches the clean digit
