@@ -4,6 +4,9 @@ Each digit is rendered as dark ink on light paper, its 28x28 frame scaled to 60-
 off-centre on a larger canvas; some blurred, some noisy, some saved as JPEG, some RGB with a tinted
 paper and coloured ink. Deterministic for a seed. `naive(data)` is what most tutorials do with such a
 file (grey, resize the whole picture to 28x28) and the baseline densa's preparation must beat.
+`photo(digit, condition, rng)` renders one digit under one of CONDITIONS, `photo_set` a sample of them;
+`photo_and_ink` / `photo_and_ink_set` also give each photo's ink alone (black on white, no paper or
+light), the benchmark's measure of what a model can read once preparation has nothing to undo.
 """
 
 from __future__ import annotations
@@ -399,7 +402,9 @@ def photo(digit: np.ndarray, condition: str, rng: np.random.Generator) -> np.nda
 
 def photo_and_ink(digit: np.ndarray, condition: str, rng: np.random.Generator):
     """The photo, and its ink alone: the same strokes and geometry (pen, turn, tilt) as black ink on
-    white, uint8 (h, w), with no paper, light, blur, noise or margin: what a perfect camera would see."""
+    white, uint8 (h, w), at the size they were drawn (before any shrink to fit the canvas) with a white
+    border a quarter of their height wide, and no paper, lines, light, blur or noise: what a perfect
+    scanner would see."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
     size = int(rng.integers(120, 400))
