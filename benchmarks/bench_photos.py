@@ -100,6 +100,16 @@ def pictures(
     small.save(folder / f"{condition}.png", optimize=True)  # 64 colours: a third of the bytes
 
 
+def accuracy(model, x: np.ndarray, refused: np.ndarray, labels: np.ndarray) -> float:
+    """The share of `x` the model reads right; an image preparation refused counts as wrong."""
+    return float(((model.predict(x) == labels) & ~refused).mean())
+
+
+def cells(shares, mark: str = "") -> str:
+    """Table cells of shares as percentages, each wrapped in `mark` ("**": bold)."""
+    return " | ".join(f"{mark}{100 * a:.1f}%{mark}" for a in shares)
+
+
 def turned_mnist(models: dict, ds, seed: int, degrees: float = 20.0) -> None:
     """Each model on all of MNIST's test digits, each turned by a random angle of up to +-degrees inside
     its own 28x28 frame (no paper, no preparation): what the model can do with turned digits at best."""
@@ -181,29 +191,24 @@ def main(argv=None) -> int:
     alone = " | ".join(f"{name}, ink alone" for name in presets.values())
     print(f"| condition | {' | '.join(presets.values())} | refused by preparation | {alone} |")
     print("|---|" + "---:|" * (2 * len(presets) + 1))
-    worst = {p: 1.0 for p in presets}
-    worst_ink = dict(worst)
+    photo_accs: dict = {p: [] for p in presets}  # per condition, in order
+    ink_accs: dict = {p: [] for p in presets}
     digit_scores: dict = {p: [] for p in presets}
     negative_scores: dict = {p: [] for p in presets}
     for condition in args.conditions.split(","):
         files, labels, ink_files = files_for(condition, args.n, args.seed, runs, ds)
         x, refused, _ = prepared(files)
         ink, ink_refused, _ = prepared(ink_files)
-        accs, ink_accs = [], []
         for p, m in models.items():
-            accs.append(float(((m.predict(x) == labels) & ~refused).mean()))
-            ink_accs.append(float(((m.predict(ink) == labels) & ~ink_refused).mean()))
-            worst[p] = min(worst[p], accs[-1])
-            worst_ink[p] = min(worst_ink[p], ink_accs[-1])
+            photo_accs[p].append(accuracy(m, x, refused, labels))
+            ink_accs[p].append(accuracy(m, ink, ink_refused, labels))
             digit_scores[p].append(refusal_scores(m, x, refused))
-        cells = " | ".join(f"{100 * a:.1f}%" for a in accs)
-        ink_cells = " | ".join(f"{100 * a:.1f}%" for a in ink_accs)
-        print(f"| {condition} | {cells} | {int(refused.sum())} | {ink_cells} |", flush=True)
+        row, ink_row = [a[-1] for a in photo_accs.values()], [a[-1] for a in ink_accs.values()]
+        print(f"| {condition} | {cells(row)} | {int(refused.sum())} | {cells(ink_row)} |", flush=True)
         if args.pictures:
             pictures(args.pictures, condition, files, x)
-    cells = " | ".join(f"**{100 * w:.1f}%**" for w in worst.values())
-    ink_cells = " | ".join(f"**{100 * w:.1f}%**" for w in worst_ink.values())
-    print(f"| **worst** | {cells} | | {ink_cells} |")
+    worst, ink_worst = [min(a) for a in photo_accs.values()], [min(a) for a in ink_accs.values()]
+    print(f"| **worst** | {cells(worst, '**')} | | {cells(ink_worst, '**')} |")
     turned_mnist(models, ds, args.seed)
     print(f"\nnot digits: {args.negatives} per kind; refused by preparation (no digit found)\n")
     print("| kind | refused | reasons |")

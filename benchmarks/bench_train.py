@@ -155,7 +155,7 @@ def main() -> None:
     precisions = ("fp32", "bf16") if bf16 else ("fp32",)
     ways = ("floor", "densa", "autograd")
     times = {k: [] for k in ("tutorial", "adam", *(f"{p} {w}" for p in precisions for w in ways))}
-    models = {"adam": MLP([784, 512, 10])}
+    models, adam_model = {}, MLP([784, 512, 10])
     steps = -(-len(x) // 128)
     for p in precisions:
         for way in ways[1:]:
@@ -181,7 +181,7 @@ def main() -> None:
                 times[f"{p} densa"].append(epoch)
                 if args.autograd:
                     times[f"{p} autograd"].append(t)
-        adam = adam_epoch(models["adam"], steps, r)
+        adam = adam_epoch(adam_model, steps, r)
         if r:
             times["adam"].append(adam)
         if not args.no_tutorial:
